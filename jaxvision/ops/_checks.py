@@ -68,12 +68,13 @@ def check_array(
   if last_dim is not None and (len(x.shape) == 0 or x.shape[-1] != last_dim):
     raise ValueError(f"{name} must have last dimension {last_dim}, got {_describe(x)}.")
   if kind is not None:
-    dt = np.dtype(x.dtype)
+    # jnp.issubdtype (not np's) so that bfloat16 and other ml_dtypes count as floating.
+    dt = x.dtype
     ok = {
-        "float": np.issubdtype(dt, np.floating),
-        "int": np.issubdtype(dt, np.integer),
-        "bool": dt == np.bool_,
-        "numeric": np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer),
+        "float": jnp.issubdtype(dt, jnp.floating),
+        "int": jnp.issubdtype(dt, jnp.integer),
+        "bool": dt == jnp.bool_,
+        "numeric": jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer),
     }[kind]
     if not ok:
       raise TypeError(f"{name} must have a {kind} dtype, got {_describe(x)}.")
