@@ -256,11 +256,23 @@ def distance_box_iou(boxes1, boxes2, eps: float = 1e-7):
   return iou - rho2 / (c2 + eps)
 
 
+def _aspect_angle(w, h):
+  """``atan(w / h)`` as torchvision computes it (no ``eps``), made finite where it is not.
+
+  ``h = 0`` gives ``sign(w) * pi / 2`` (torchvision's ``atan(+-inf)``) with a zero gradient, so a point
+  box (``w = h = 0``, torchvision: NaN) has angle 0. Unlike ``atan2`` this keeps ``atan``'s range for
+  inverted boxes (``h < 0``), which raw predictions can be.
+  """
+  ok = h != 0
+  return jnp.where(ok, jnp.arctan(w / jnp.where(ok, h, 1.0)), jnp.sign(w) * (jnp.pi / 2))
+
+
 def complete_box_iou(boxes1, boxes2, eps: float = 1e-7):
   """Pairwise complete IoU (Zheng et al. 2020): DIoU minus the aspect-ratio term ``alpha * v``.
 
   ``v = 4 / pi^2 (atan(w2/h2) - atan(w1/h1))^2`` and ``alpha = v / (1 - iou + v)``, as
-  ``torchvision.ops.complete_box_iou``.
+  ``torchvision.ops.complete_box_iou``. ``alpha`` carries no gradient (as in torchvision). A box with
+  ``w = h = 0`` has aspect angle 0 here, where torchvision's ``atan(0 / 0)`` makes the whole row NaN.
   """
   boxes1, boxes2 = _pairwise_checks(boxes1, boxes2)
   inter, union = _inter_union(boxes1, boxes2)
@@ -270,9 +282,11 @@ def complete_box_iou(boxes1, boxes2, eps: float = 1e-7):
   h1 = boxes1[:, 3] - boxes1[:, 1]
   w2 = boxes2[:, 2] - boxes2[:, 0]
   h2 = boxes2[:, 3] - boxes2[:, 1]
-  v = (4 / jnp.pi**2) * jnp.square(jnp.arctan(w1 / (h1 + eps))[:, None] - jnp.arctan(w2 / (h2 + eps))[None, :])
+  v = (4 / jnp.pi**2) * jnp.square(_aspect_angle(w1, h1)[:, None] - _aspect_angle(w2, h2)[None, :])
   alpha = v / (1 - iou + v + eps)
-  return iou - rho2 / (c2 + eps) - alpha * v
+  # alpha is a weight, not a path for gradients (Zheng et al. 2020, Sec. 3.2; torchvision computes it
+  # under no_grad too).
+  return iou - rho2 / (c2 + eps) - jax.lax.stop_gradient(alpha) * v
 
 
 def elementwise_box_iou(boxes1, boxes2, kind: str = "iou", eps: float = 1e-7):
@@ -311,7 +325,7 @@ def elementwise_box_iou(boxes1, boxes2, kind: str = "iou", eps: float = 1e-7):
     return diou
   w1, h1 = boxes1[..., 2] - boxes1[..., 0], boxes1[..., 3] - boxes1[..., 1]
   w2, h2 = boxes2[..., 2] - boxes2[..., 0], boxes2[..., 3] - boxes2[..., 1]
-  v = (4 / jnp.pi**2) * jnp.square(jnp.arctan(w2 / (h2 + eps)) - jnp.arctan(w1 / (h1 + eps)))
-  alpha = jnp.where(iou >= 0, v / (1 - iou + v + eps), 0.0)
+  v = (4 / jnp.pi**2) * jnp.square(_aspect_angle(w2, h2) - _aspect_angle(w1, h1))
+  alpha = v / (1 - iou + v + eps)
   # alpha is a weight, not a path for gradients (Zheng et al. 2020, Sec. 3.2).
   return diou - jax.lax.stop_gradient(alpha) * v
