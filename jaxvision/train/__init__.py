@@ -1,0 +1,1 @@
+"""Training system: data-parallel steps, checkpoints, the train/eval loop."""
