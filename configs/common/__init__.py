@@ -1,0 +1,1 @@
+"""Shared config blocks imported by the experiment files."""

@@ -1,0 +1,74 @@
+"""The sections every experiment has, with defaults; experiments override a few keys.
+
+Sections: ``data`` (jaxvision.data.builder), ``model`` (the family's keys, ``name`` selects it in
+jaxvision.models.MODELS), ``optim`` (jaxvision.train.optim), ``train`` (loop lengths and intervals),
+``eval``; plus ``task`` and ``parallelism``.
+"""
+
+import ml_collections
+
+from jaxvision.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "segmentation"
+  c.parallelism = "shard_map"  # or "pmap": same per-device step, same numbers
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "shapes"
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: $JAXVISION_DATA_DIR or TFDS's
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = (128, 128)
+  c.data.batch_size = 16  # global
+  c.data.eval_batch_size = 40  # global; the last batch is padded (example_valid)
+  c.data.max_boxes = 8
+  c.data.mask_stride = 1
+  c.data.keep_masks = False
+  c.data.mean = IMAGENET_MEAN
+  c.data.std = IMAGENET_STD
+  c.data.seed = 0
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.flip = True
+  c.data.augment.photometric = False
+  c.data.augment.elastic = False
+  c.data.augment.scale_jitter = ml_collections.config_dict.placeholder(tuple)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ""
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 0
+  c.optim.weight_decay = 0.0
+  c.optim.weight_decay_mask = "kernels"
+  c.optim.grad_clip_norm = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.seed = 0
+  c.train.log_every = 20
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 250
+  c.train.keep_checkpoints = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.best_metric = "mean_iou"
+  c.eval.best_mode = "max"
+  return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config for the config test: a few steps on the tiny split, at most 128 px."""
+  c.data.train_split = "tiny"
+  c.data.eval_split = "tiny"
+  c.data.batch_size = 8
+  c.data.eval_batch_size = 8
+  c.train.steps = 3
+  c.train.log_every = 1
+  c.train.eval_every = 3
+  c.train.checkpoint_every = 2
+  return c
