@@ -49,6 +49,7 @@ def test_smoke_trains_evaluates_and_restores(path, tmp_path, data_dir):
   result = loop.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= result["mean_iou"] <= 1.0
   assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "config.json").exists()
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   restored = loop.evaluate(config, str(tmp_path))
   assert restored["step"] == config.train.steps
   assert restored["mean_iou"] == pytest.approx(result["mean_iou"], abs=1e-6)

@@ -86,7 +86,7 @@ def make_segmentation_train_step(family, tx):
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
     metrics = parallel.psum_metrics({"loss": loss, **terms})
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
 
   return step
@@ -153,10 +153,19 @@ def _from_host(template: TrainState, restored: dict) -> TrainState:
 
 
 class _MetricsWriter:
-  """JSON lines in ``workdir/metrics.jsonl`` (one object per logged step and split)."""
+  """JSON lines in ``workdir/metrics.jsonl`` and TensorBoard events in ``workdir/tensorboard``.
+
+  The event files are written by tensorboardX (protobuf only, no TensorFlow); view them with
+  ``tensorboard --logdir <workdir>/tensorboard``. Only process 0 writes.
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
     if jax.process_index() != 0:
@@ -165,6 +174,14 @@ class _MetricsWriter:
     row.update({k: _jsonable(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+    for k, v in metrics.items():
+      if np.ndim(v) == 0:
+        self._tb.add_scalar(f"{split}/{k}", float(np.asarray(v)), int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
 
 
 def _jsonable(v):
@@ -254,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
   finally:
     progress.close()
+    writer.close()
     signal.signal(signal.SIGTERM, previous)
     ckpt.close()
   return last_eval
