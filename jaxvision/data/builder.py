@@ -92,3 +92,24 @@ def make_split(data: Any, *, train: bool, start_step: int = 0):
 
 def mean_std(data: Any) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
+
+
+def median_frequency_weights(source, num_classes: int, *, decode=pipeline.decode_shapes,
+                             ignore_label: int = pipeline.IGNORE_LABEL) -> np.ndarray:
+  """Median-frequency class weights (Eigen & Fergus 2015) of a split's semantic label maps.
+
+  ``freq_c`` = pixels of class ``c`` / pixels of the images in which ``c`` appears, and
+  ``w_c = median(freq) / freq_c`` (rare classes weigh more). Classes that never appear get 0.
+  Returns ``[num_classes]`` float64, for ``config.model.class_weights``.
+  """
+  pixels = np.zeros(num_classes)
+  image_pixels = np.zeros(num_classes)
+  for i in range(len(source)):
+    seg = np.asarray(decode(source[i])["segmentation"]).ravel()
+    seg = seg[(seg != ignore_label) & (seg < num_classes)]
+    counts = np.bincount(seg, minlength=num_classes)
+    pixels += counts
+    image_pixels += (counts > 0) * seg.size
+  present = pixels > 0
+  freq = np.where(present, pixels / np.maximum(image_pixels, 1), 0.0)
+  return np.where(present, np.median(freq[present]) / np.where(present, freq, 1.0), 0.0)

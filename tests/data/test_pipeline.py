@@ -103,3 +103,18 @@ def test_bad_arguments(tiny):
     pipeline.make_dataset(source, batch_size=2, train=True, shard_index=2, shard_count=2)
   with pytest.raises(ValueError, match="fewer than batch_size"):
     pipeline.make_dataset(source, batch_size=32, train=True)
+
+
+def test_median_frequency_weights(tiny):
+  from jaxvision.data import builder
+
+  source, info = tiny
+  w = builder.median_frequency_weights(source, info.num_seg_classes)
+  # Reference: the definition, written out over the decoded label maps.
+  segs = [pipeline.decode_shapes(source[i])["segmentation"] for i in range(len(source))]
+  freq = []
+  for c in range(info.num_seg_classes):
+    with_c = [s for s in segs if (s == c).any()]
+    freq.append(sum((s == c).sum() for s in with_c) / sum(s.size for s in with_c))
+  np.testing.assert_allclose(w, np.median(freq) / np.array(freq), rtol=1e-12)
+  assert w[0] < 0.2 < w[1:].min()  # background dominates the pixels, so it weighs least
