@@ -67,6 +67,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxvision import _host_boxes
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IGNORE_LABEL", "INSTANCE_KEYS", "boxes_to_original",
     "choose_bucket", "compose", "downsample_masks", "elastic_deform", "masks_to_boxes",
@@ -224,18 +226,8 @@ def _clip(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
   return out
 
 
-def _area(boxes: np.ndarray) -> np.ndarray:
-  return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` IoU (0 where the union is 0)."""
-  lt = np.maximum(a[:, None, :2], b[None, :, :2])
-  rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-  wh = np.clip(rb - lt, 0.0, None)
-  inter = wh[..., 0] * wh[..., 1]
-  union = _area(a)[:, None] + _area(b)[None, :] - inter
-  return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+_area = _host_boxes.box_area
+_box_iou = _host_boxes.box_iou
 
 
 def masks_to_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -53,6 +53,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxvision import _host_boxes
 from jaxvision.ops._checks import check_array, check_positive_int
 
 __all__ = ["voc_ap", "evaluate_voc", "VocEvaluator"]
@@ -88,20 +89,10 @@ def voc_ap(recall, precision, *, use_07_metric: bool = False) -> float:
 
 
 def _pairwise_iou(a: np.ndarray, b: np.ndarray, pixel_inclusive: bool) -> np.ndarray:
-  """IoU ``[N, M]`` of xyxy boxes in float64 (``+1`` on widths/heights if ``pixel_inclusive``).
-
-  Kept here rather than using ``jaxvision.ops.box_iou`` because VOC needs the devkit's ``+1``
-  variant and runs on the host in float64. Empty unions give 0.
-  """
-  one = 1.0 if pixel_inclusive else 0.0
-  iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
-  ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
-  inter = np.clip(iw, 0.0, None) * np.clip(ih, 0.0, None)
-  area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
-  area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
-  union = area_a[:, None] + area_b[None, :] - inter
-  ok = union > 0
-  return np.where(ok, inter / np.where(ok, union, 1.0), 0.0)
+  """IoU ``[N, M]`` in float64 on the host (``+1`` on widths/heights if ``pixel_inclusive``, as the
+  devkit); the shared NumPy implementation, since VOC needs the devkit variant and float64."""
+  return _host_boxes.box_iou(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                             pixel_inclusive=pixel_inclusive)
 
 
 def _check_host(x: Any, name: str, *, ndim: int, last_dim: int | None = None,

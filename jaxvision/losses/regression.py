@@ -154,14 +154,14 @@ def ciou_loss(pred_boxes, target_boxes, *, eps: float = 1e-7):
     \alpha = \frac{v}{1 - \mathrm{IoU} + v}
 
   adding aspect-ratio consistency to DIoU. :math:`\alpha` is a weight without gradient (as in the
-  paper and torchvision's ``torch.no_grad()``). The aspect ratios use ``w / (h + eps)`` (torchvision:
-  ``w / h``, which is NaN/inf for zero-height boxes); the difference is below float32 resolution for
-  boxes taller than a pixel.
+  paper and torchvision's ``torch.no_grad()``). The aspect angle is ``atan2(w, h)``, equal to
+  torchvision's ``atan(w / h)`` for every box with ``h > 0``; a point box (``w = h = 0``) gets angle 0
+  where torchvision gives NaN (see ``jaxvision.ops.boxes``).
 
   Args:
     pred_boxes: float ``[..., 4]`` xyxy.
     target_boxes: ``[..., 4]`` xyxy, same shape.
-    eps: as in ``diou_loss``; also guards the aspect ratio and :math:`\alpha`.
+    eps: as in ``diou_loss``; also guards :math:`\alpha`'s denominator.
 
   Returns:
     ``[...]`` loss per box pair.
