@@ -1,16 +1,38 @@
 """Model families. ``MODELS[name](config.model, num_classes) -> Family`` (DESIGN.md, "Models and families").
 
-A plain dict from the name used in configs (``config.model.name``) to the family constructor; each
+A dict from the name used in configs (``config.model.name``) to the family constructor; each
 constructor takes the model's config section (``ml_collections.ConfigDict`` or dict) and the number
-of classes, and returns a family bundling the linen module, its loss and its post-processing.
+of classes (segmentation: label-map classes, background included; detection: foreground classes K),
+and returns a ``jaxvision.models.family.Family``. A family's module is imported the first time its
+constructor is called, so importing ``jaxvision.models`` stays cheap.
 """
 
 from __future__ import annotations
 
-from jaxvision.models.segmentation import unet
+import importlib
+from typing import Callable
 
-MODELS = {
-    "unet": unet.make_unet,
+from jaxvision.models.family import Family, segmentation_family
+
+# name -> "module:function" (relative to jaxvision.models)
+_CONSTRUCTORS = {
+    "unet": "segmentation.unet:make_unet",
 }
 
-__all__ = ["MODELS"]
+
+def _lazy(target: str) -> Callable[..., Family]:
+  module_name, fn_name = target.split(":")
+
+  def construct(model_config, num_classes: int) -> Family:
+    module = importlib.import_module(f"jaxvision.models.{module_name}")
+    return getattr(module, fn_name)(model_config, num_classes)
+
+  construct.__name__ = fn_name
+  construct.__qualname__ = fn_name
+  construct.__doc__ = f"Builds the family with ``jaxvision.models.{module_name}.{fn_name}``."
+  return construct
+
+
+MODELS: dict[str, Callable[..., Family]] = {name: _lazy(t) for name, t in _CONSTRUCTORS.items()}
+
+__all__ = ["MODELS", "Family", "segmentation_family"]

@@ -37,12 +37,15 @@ import optax
 
 from jaxvision import models
 from jaxvision.data import builder as data_builder
-from jaxvision.eval import segmentation as seg_metrics
 from jaxvision.train import checkpoint as ckpt_lib
+from jaxvision.train import evaluators
 from jaxvision.train import optim as optim_lib
 from jaxvision.train import parallel
 
 log = logging.getLogger(__name__)
+
+
+TASKS = ("segmentation", "detection", "instance_segmentation")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,7 +61,7 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------------------------
-# Per-device steps (semantic segmentation)
+# The per-device train step (every family)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -66,25 +69,30 @@ def _variables(params, batch_stats):
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def make_segmentation_train_step(family, tx):
-  """The per-device train step: the loss is normalized by the global count of labelled pixels."""
+def make_train_step(family, tx, *, seed: int = 0):
+  """The per-device train step of ``family`` (``jaxvision.models.family.Family``).
+
+  ``family.train_loss`` returns this device's share of the global loss (local sum / ``psum``-ed
+  normalizer), so the ``psum`` of the per-device losses and gradients is the global loss and its
+  gradient whatever the number of devices. The step's random key is derived from ``seed``, the step
+  and the device's position on the ``data`` axis.
+  """
+  base = jax.random.PRNGKey(seed)
 
   def step(state: TrainState, batch):
-    def loss_fn(params):
-      outputs, updates = family.module.apply(
-          _variables(params, state.batch_stats), batch["image"], train=True, mutable=["batch_stats"])
-      # Each device divides its local sum by the global normalizer, so the psum of the per-device
-      # losses (and of their gradients) is the global mean, whatever the number of devices.
-      normalizer = jax.lax.psum(family.loss_normalizer(outputs, batch), parallel.AXIS)
-      loss, terms = family.loss(outputs, batch, normalizer=normalizer)
-      return loss, (terms, updates)
+    rng = jax.random.fold_in(jax.random.fold_in(base, state.step), jax.lax.axis_index(parallel.AXIS))
 
-    (loss, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+      loss, terms, mutated = family.train_loss(_variables(params, state.batch_stats), batch,
+                                               rng=rng, step=state.step, axis_name=parallel.AXIS)
+      return loss, (terms, mutated)
+
+    (loss, (terms, mutated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.psum(grads, parallel.AXIS)
     updates_opt, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates_opt)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              batch_stats=updates.get("batch_stats", state.batch_stats))
+                              batch_stats=mutated.get("batch_stats", state.batch_stats))
     metrics = parallel.psum_metrics({"loss": loss, **terms})
     metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
@@ -92,25 +100,9 @@ def make_segmentation_train_step(family, tx):
   return step
 
 
-def _center_crop_to(labels, hw):
-  h, w = labels.shape[1:3]
-  top, left = (h - hw[0]) // 2, (w - hw[1]) // 2
-  return labels[:, top:top + hw[0], left:left + hw[1]]
-
-
-def make_segmentation_eval_step(family, num_classes: int, ignore_label: int):
-  """The per-device eval step: a confusion matrix psum-ed over devices (padding examples ignored)."""
-
-  def step(state: TrainState, batch):
-    outputs = family.module.apply(_variables(state.params, state.batch_stats), batch["image"],
-                                  train=False)
-    preds = family.postprocess(outputs)  # (b, h, w)
-    labels = _center_crop_to(batch["segmentation"], preds.shape[1:3])
-    labels = jnp.where(batch["example_valid"][:, None, None], labels, ignore_label)
-    cm = seg_metrics.confusion_matrix(labels, preds, num_classes, ignore_label=ignore_label)
-    return state, jax.lax.psum(cm, parallel.AXIS)
-
-  return step
+def make_segmentation_train_step(family, tx):
+  """Kept for callers of the first release: ``make_train_step`` for a segmentation family."""
+  return make_train_step(family, tx)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,25 +110,65 @@ def make_segmentation_eval_step(family, num_classes: int, ignore_label: int):
 # ------------------------------------------------------------------------------------------------
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str):
-  if config.task != "segmentation":
-    raise ValueError(f"config.task {config.task!r} is not supported yet; supported: 'segmentation'.")
+def build_family(config: ml_collections.ConfigDict):
+  """``(info, family)`` for ``config``: the dataset's ``DatasetInfo`` and the model family."""
+  if config.task not in TASKS:
+    raise ValueError(f"config.task must be one of {TASKS}, got {config.task!r}.")
   if config.model.name not in models.MODELS:
     raise ValueError(f"config.model.name {config.model.name!r} is unknown; available: "
                      f"{sorted(models.MODELS)}.")
   info = data_builder.dataset_info(config.data)
-  family = models.MODELS[config.model.name](config.model, info.num_seg_classes)
-  tx = optim_lib.make_optimizer(config.optim, int(config.train.steps))
+  num_classes = info.num_seg_classes if config.task == "segmentation" else info.num_classes
+  family = models.MODELS[config.model.name](config.model, num_classes)
+  if family.task != config.task:
+    raise ValueError(f"config.task is {config.task!r} but model {config.model.name!r} is a "
+                     f"{family.task!r} family; set config.task = {family.task!r}.")
+  return info, family
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str):
+  info, family = build_family(config)
+  make_tx = family.make_optimizer or optim_lib.make_optimizer
+  tx = make_tx(config.optim, int(config.train.steps))
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.get("keep_checkpoints", 2)),
                                best_metric=config.eval.get("best_metric"),
                                best_mode=config.eval.get("best_mode", "max"))
   return info, family, tx, ckpt
 
 
+def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1) -> dict[str, np.ndarray]:
+  """An all-padding batch with the contract's shapes for ``config`` (used to initialise models)."""
+  h, w = (int(s) for s in config.data.image_size)
+  m = int(config.data.max_boxes)
+  s = int(config.data.get("mask_stride", 1))
+  b = batch_size
+  batch = {
+      "image": np.zeros((b, h, w, 3), np.float32),
+      "image_hw": np.tile(np.array([[h, w]], np.int32), (b, 1)),
+      "orig_hw": np.tile(np.array([[h, w]], np.int32), (b, 1)),
+      "scale": np.ones((b,), np.float32),
+      "image_id": np.zeros((b,), np.int32),
+      "example_valid": np.ones((b,), bool),
+      "boxes": np.zeros((b, m, 4), np.float32),
+      "labels": np.zeros((b, m), np.int32),
+      "box_valid": np.zeros((b, m), bool),
+      "is_crowd": np.zeros((b, m), bool),
+      "difficult": np.zeros((b, m), bool),
+      "segmentation": np.full((b, h, w), 255, np.int32),
+      "num_dropped_boxes": np.zeros((b,), np.int32),
+  }
+  if config.data.get("keep_masks", False):
+    batch["masks"] = np.zeros((b, m, h // s, w // s), bool)
+  p = int(config.data.get("max_proposals", 0) or 0)
+  if p:
+    batch["proposals"] = np.zeros((b, p, 4), np.float32)
+    batch["proposals_valid"] = np.zeros((b, p), bool)
+  return batch
+
+
 def _init_state(config, family, tx) -> TrainState:
-  h, w = config.data.image_size
-  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
-  variables = jax.jit(lambda k: family.module.init(k, dummy, train=False))(
+  dummy = example_batch(config)
+  variables = jax.jit(lambda k: family.init_variables(k, dummy))(
       jax.random.PRNGKey(int(config.train.seed)))
   params = variables["params"]
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
@@ -189,18 +221,10 @@ def _jsonable(v):
   return v.item() if v.ndim == 0 else v.tolist()
 
 
-def run_evaluation(config, state_on_devices, eval_runner, eval_ds, info) -> dict[str, Any]:
-  """Runs the eval step over one pass of ``eval_ds``; returns the segmentation metrics."""
-  cm = np.zeros((info.num_seg_classes,) * 2, np.int64)
-  for batch in eval_ds:
-    _, batch_cm = eval_runner(state_on_devices, eval_runner.put_batch(batch))
-    cm += np.asarray(jax.device_get(batch_cm)).reshape(-1, *cm.shape)[0]
-  metrics = seg_metrics.segmentation_metrics(cm)
-  out = {k: float(metrics[k]) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou",
-                                        "dice")}
-  for name, iou in zip(info.seg_class_names, np.asarray(metrics["per_class_iou"])):
-    out[f"iou/{name}"] = float(iou)
-  return out
+def run_evaluation(config, state_on_devices, evaluation, eval_ds, info=None) -> dict[str, Any]:
+  """One pass of ``evaluation`` (``jaxvision.train.evaluators``) over ``eval_ds``."""
+  del config, info
+  return evaluation(state_on_devices, eval_ds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,6 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   info, family, tx, ckpt = _setup(config, workdir)
+  if family.host_train is not None:
+    ckpt.close()
+    return family.host_train(config, workdir)
   total = int(config.train.steps)
   state = _init_state(config, family, tx)
   restored = ckpt.restore_latest(_host(state))
@@ -222,11 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state, start = _from_host(state, restored[0]), int(restored[1])
     log.info("resumed from step %d in %s", start, workdir)
-  train_runner = parallel.DataParallel(make_segmentation_train_step(family, tx),
+  train_runner = parallel.DataParallel(make_train_step(family, tx, seed=int(config.train.seed)),
                                        parallelism=config.parallelism)
-  eval_runner = parallel.DataParallel(
-      make_segmentation_eval_step(family, info.num_seg_classes, info.ignore_label),
-      parallelism=config.parallelism, donate_state=False)
+  evaluation = evaluators.make_evaluation(config, family, info)
   train_ds = data_builder.make_split(config.data, train=True, start_step=start)
   eval_ds = data_builder.make_split(config.data, train=False)
   writer = _MetricsWriter(workdir)
@@ -259,10 +284,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                                                total)(step - 1))
         writer.write(step, "train", host_metrics)
       if step % eval_every == 0 or step == total:
-        last_eval = run_evaluation(config, state, eval_runner, eval_ds, info)
+        last_eval = evaluation(state, eval_ds)
         writer.write(step, "eval", last_eval)
-        progress.write(f"step {step}: eval mean_iou {last_eval['mean_iou']:.4f} "
-                       f"pixel_accuracy {last_eval['pixel_accuracy']:.4f}")
+        summary = " ".join(f"{k} {last_eval[k]:.4f}" for k in evaluation.summary_keys
+                           if k in last_eval)
+        progress.write(f"step {step}: eval {summary}")
         ckpt.save_best(step, _host(train_runner.get_state(state)), last_eval)
       if step % ckpt_every == 0 or step == total or stop["sigterm"]:
         ckpt.save(step, _host(train_runner.get_state(state)))
@@ -288,11 +314,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, which: str = "l
     raise FileNotFoundError(f"no {which} checkpoint in {workdir}: train first with "
                             f"`python train.py --config <config> --workdir {workdir}`.")
   state, step = _from_host(template, restored[0]), int(restored[1])
-  runner = parallel.DataParallel(
-      make_segmentation_eval_step(family, info.num_seg_classes, info.ignore_label),
-      parallelism=config.parallelism, donate_state=False)
-  metrics = run_evaluation(config, runner.put_state(state), runner,
-                           data_builder.make_split(config.data, train=False), info)
+  evaluation = evaluators.make_evaluation(config, family, info)
+  metrics = evaluation(evaluation.runner.put_state(state),
+                       data_builder.make_split(config.data, train=False))
   metrics["step"] = step
   return metrics
 

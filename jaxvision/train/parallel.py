@@ -53,16 +53,20 @@ class DataParallel:
     parallelism: ``"shard_map"`` or ``"pmap"``.
     devices: devices to use (default all). The global batch must divide evenly among them.
     donate_state: donate the state's buffers to the step (training); False for evaluation.
+    batch_outputs: the step's second output is per-example (leading axis = the local batch, e.g.
+      predictions) instead of replicated metrics; ``local_outputs`` brings it back to the host.
   """
 
   def __init__(self, step: Callable, *, parallelism: str = "shard_map", devices=None,
-               donate_state: bool = True):
+               donate_state: bool = True, batch_outputs: bool = False):
     self.parallelism = check_parallelism(parallelism)
     self.mesh = data_mesh(devices)
     self.num_devices = self.mesh.size
     donate = (0,) if donate_state else ()
+    self.batch_outputs = batch_outputs
     if parallelism == "shard_map":
-      sharded = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
+      out_specs = (P(), P(AXIS) if batch_outputs else P())
+      sharded = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=out_specs,
                               check_vma=False)
       self._fn = jax.jit(sharded, donate_argnums=donate)
     else:
@@ -101,6 +105,19 @@ class DataParallel:
 
   def __call__(self, state, batch):
     return self._fn(state, batch)
+
+  def local_outputs(self, outputs):
+    """This host's rows of per-example outputs (``batch_outputs=True``) as NumPy, in batch order."""
+    if self.parallelism == "pmap":
+      return jax.tree.map(lambda x: np.reshape(np.asarray(x), (-1,) + x.shape[2:]), outputs)
+    if jax.process_count() == 1:
+      return jax.tree.map(np.asarray, outputs)
+
+    def local(x):
+      shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+      return np.concatenate([np.asarray(s.data) for s in shards], axis=0)
+
+    return jax.tree.map(local, outputs)
 
 
 def psum_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,6 @@ does not state the drop-out rate; ``UNetPaper`` uses 0.5.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
@@ -65,11 +64,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
+from jaxvision.models.family import Family, segmentation_family
 from jaxvision.models.layers import ConvNormAct, ModuleDef
 from jaxvision.ops.unpool import pixel_shuffle, resize_bilinear
 
 __all__ = [
-    "UNet", "UNetBlock", "UpSample", "UNetPaper", "UNetSame", "UNetTiny", "Family", "make_unet",
+    "UNet", "UNetBlock", "UpSample", "UNetPaper", "UNetSame", "UNetTiny", "make_unet",
     "unet_border", "unet_output_size", "valid_input_size", "valid_unet_pad_widths",
     "mirror_pad_for_valid_unet", "crop_labels_to_output", "unet_weight_map", "add_unet_weight_map",
 ]
@@ -576,27 +576,6 @@ def add_unet_weight_map(example: Mapping[str, Any], *, w0: float = 10.0, sigma: 
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-  """What a trainer needs to train and evaluate one model family (minimal; adapt freely).
-
-  Attributes:
-    module: the linen module; ``module.apply(variables, batch["image"], train=...)`` returns
-      ``{"logits": [B, h, w, K]}`` (``h, w`` = the image's, or smaller for the valid U-Net without
-      ``mirror_pad``).
-    loss: ``loss(outputs, batch, *, normalizer=None) -> (total, {name: term})``. ``total`` is the
-      summed per-pixel loss divided by ``normalizer`` (pass the ``psum`` of the labelled-pixel counts
-      under data parallelism; ``None``: this batch's own count, see ``loss_normalizer``).
-    loss_normalizer: ``loss_normalizer(outputs, batch) -> float32 scalar``: the number of labelled
-      pixels the loss sums over (labels cropped to the logits as the loss does).
-    postprocess: ``postprocess(outputs) -> [B, h, w] int32`` class ids (argmax of the logits).
-  """
-  module: nn.Module
-  loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-  loss_normalizer: Callable[[Mapping[str, Any], Mapping[str, Any]], jax.Array]
-  postprocess: Callable[[Mapping[str, Any]], jax.Array]
-
-
 _PRESETS = {"paper": UNetPaper, "same": UNetSame, "tiny": UNetTiny}
 _MODULE_KEYS = ("depth", "base_features", "padding", "norm", "dropout_rate", "upsampling",
                 "mirror_pad", "axis_name", "bn_momentum", "bn_epsilon", "dtype")
@@ -684,4 +663,5 @@ def make_unet(model_config: Any, num_classes: int) -> Family:
   def postprocess(outputs):
     return jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)  # (B, h, w)
 
-  return Family(module=module, loss=loss, loss_normalizer=loss_normalizer, postprocess=postprocess)
+  return segmentation_family(module, num_classes=num_classes, loss=loss,
+                             loss_normalizer=loss_normalizer, postprocess=postprocess)
