@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.weight_decay_mask = "kernels"
   c.optim.grad_clip_norm = 0.0
+  c.optim.ema_decay = 0.0  # > 0: evaluate with an exponential moving average of the parameters
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

@@ -16,7 +16,24 @@ from jaxvision.models.family import Family, segmentation_family
 
 # name -> "module:function" (relative to jaxvision.models)
 _CONSTRUCTORS = {
+    # semantic segmentation
     "unet": "segmentation.unet:make_unet",
+    "fcn": "segmentation.fcn:make_fcn",  # model.variant: "32s" | "16s" | "8s"
+    "deeplab": "segmentation.deeplab:make_deeplab",
+    "context": "segmentation.dilated:make_context_net",
+    "segnet": "segmentation.segnet:make_segnet",
+    "deconvnet": "segmentation.deconvnet:make_deconvnet",
+    "hourglass": "segmentation.hourglass:make_hourglass",
+    "crf_rnn": "segmentation.crf_rnn:make_crf_rnn",
+    "adversarial": "segmentation.adversarial:make_adversarial",
+    # detection
+    "yolo_v1": "detection.yolo:make_yolo_v1",
+    "yolo_v2": "detection.yolo:make_yolo_v2",
+    "ssd": "detection.ssd:make_ssd",
+    "retinanet": "detection.retinanet:make_retinanet",
+    "fcos": "detection.fcos:make_fcos",
+    "fast_rcnn": "detection.fast_rcnn:make_fast_rcnn",
+    "faster_rcnn": "detection.faster_rcnn:make_faster_rcnn",
 }
 
 

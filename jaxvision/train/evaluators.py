@@ -28,7 +28,9 @@ METRICS = ("voc", "coco")
 
 
 def _variables(state):
-  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  """The state's inference variables (the EMA of the parameters when one is kept)."""
+  params = state.eval_params() if hasattr(state, "eval_params") else state.params
+  return {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
 
 
 def _center_crop_to(labels, hw):
@@ -103,7 +105,8 @@ class DetectionEvaluation:
 
     evaluator = self._evaluator()
     for batch in dataset:
-      preds = self.runner.local_outputs(self.runner(state_on_devices, self.runner.put_batch(batch)))
+      _, preds = self.runner(state_on_devices, self.runner.put_batch(batch))
+      preds = self.runner.local_outputs(preds)
       keep = np.asarray(batch["example_valid"], bool)
       if not keep.any():
         continue

@@ -21,6 +21,7 @@ the number of devices or workers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -54,10 +55,16 @@ class NonFiniteLossError(FloatingPointError):
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a step changes. ``ema_params`` is ``{}`` unless ``config.optim.ema_decay > 0``."""
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  ema_params: Any = dataclasses.field(default_factory=dict)
+
+  def eval_params(self):
+    """The parameters evaluation uses: the EMA when it is kept, else the trained ones."""
+    return self.ema_params if self.ema_params else self.params
 
 
 # ------------------------------------------------------------------------------------------------
@@ -69,7 +76,13 @@ def _variables(params, batch_stats):
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def make_train_step(family, tx, *, seed: int = 0):
+def ema_decay_at(step, decay: float):
+  """The EMA decay at ``step``: ``min(decay, (1 + step) / (10 + step))`` (early averages stay fresh)."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def make_train_step(family, tx, *, seed: int = 0, ema_decay: float = 0.0):
   """The per-device train step of ``family`` (``jaxvision.models.family.Family``).
 
   ``family.train_loss`` returns this device's share of the global loss (local sum / ``psum``-ed
@@ -91,8 +104,13 @@ def make_train_step(family, tx, *, seed: int = 0):
     grads = jax.lax.psum(grads, parallel.AXIS)
     updates_opt, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates_opt)
+    ema = state.ema_params
+    if ema_decay > 0:
+      d = ema_decay_at(state.step, ema_decay)
+      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              batch_stats=mutated.get("batch_stats", state.batch_stats))
+                              batch_stats=mutated.get("batch_stats", state.batch_stats),
+                              ema_params=ema)
     metrics = parallel.psum_metrics({"loss": loss, **terms})
     metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
@@ -171,8 +189,10 @@ def _init_state(config, family, tx) -> TrainState:
   variables = jax.jit(lambda k: family.init_variables(k, dummy))(
       jax.random.PRNGKey(int(config.train.seed)))
   params = variables["params"]
+  ema = jax.tree.map(jnp.copy, params) if float(config.optim.get("ema_decay", 0.0)) > 0 else {}
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    ema_params=ema)
 
 
 def _host(state: TrainState) -> dict:
@@ -249,7 +269,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state, start = _from_host(state, restored[0]), int(restored[1])
     log.info("resumed from step %d in %s", start, workdir)
-  train_runner = parallel.DataParallel(make_train_step(family, tx, seed=int(config.train.seed)),
+  train_runner = parallel.DataParallel(make_train_step(family, tx, seed=int(config.train.seed),
+                                                       ema_decay=float(config.optim.get(
+                                                           "ema_decay", 0.0))),
                                        parallelism=config.parallelism)
   evaluation = evaluators.make_evaluation(config, family, info)
   train_ds = data_builder.make_split(config.data, train=True, start_step=start)

@@ -11,6 +11,9 @@ Keys of ``config.optim``:
     solvers do), applied only to kernels (``weight_decay_mask="kernels"``: parameters with ndim > 1,
     never biases or normalization scales) or to all parameters (``"all"``).
   grad_clip_norm: clip the global gradient norm (0: off).
+  ema_decay: keep an exponential moving average of the parameters (0: off; e.g. 0.999). The
+    training loop updates it after every step (``jaxvision.train.loop.ema_decay_at``), checkpoints
+    it, and evaluates and predicts with it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Object detection families, one file per family: module + assign_targets + loss + postprocess."""
