@@ -3,6 +3,8 @@
   python train.py --config configs/unet_shapes.py --workdir runs/unet
   python train.py --config configs/unet_shapes.py:smoke --workdir /tmp/smoke --config.train.steps=5
   python train.py --config configs/unet_shapes.py --workdir runs/unet --mode eval
+  python train.py --config configs/unet_shapes.py --workdir runs/unet --mode predict \
+      --input my_images/ --output runs/unet/predictions
 
 All logic lives in jaxvision.train; this file only parses flags.
 """
@@ -14,8 +16,13 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval.")
-_WHICH = flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                          "train (resumes if possible), eval (a checkpoint on config.data.eval_split) "
+                          "or predict (a folder of images -> overlays + JSON).")
+_WHICH = flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                           "Checkpoint to evaluate or predict with.")
+_INPUT = flags.DEFINE_string("input", None, "predict: folder of images (png/jpg/...).")
+_OUTPUT = flags.DEFINE_string("output", None, "predict: output folder (default: <workdir>/predictions).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
@@ -42,8 +49,16 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join("runs", name)
   if _MODE.value == "train":
     result = loop.train_and_evaluate(config, workdir)
-  else:
+  elif _MODE.value == "eval":
     result = loop.evaluate(config, workdir, which=_WHICH.value)
+  else:
+    from jaxvision import predict  # noqa: PLC0415
+
+    if not _INPUT.value:
+      raise app.UsageError("--mode predict needs --input <folder of images>.")
+    predictor = predict.Predictor(config, loop.load_variables(config, workdir, which=_WHICH.value))
+    result = predict.predict_folder(predictor, _INPUT.value,
+                                    _OUTPUT.value or os.path.join(workdir, "predictions"))
   print(json.dumps({"workdir": workdir, **result}))
 
 

@@ -343,6 +343,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, which: str = "l
   return metrics
 
 
+def load_variables(config: ml_collections.ConfigDict, workdir: str, *, which: str = "latest") -> dict:
+  """The inference variables (EMA parameters when kept, and ``batch_stats``) of a run's checkpoint."""
+  info, family, tx, ckpt = _setup(config, workdir)
+  del info
+  template = _init_state(config, family, tx)
+  restored = ckpt.restore_best(_host(template)) if which == "best" else ckpt.restore_latest(
+      _host(template))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no {which} checkpoint in {workdir}: train first with "
+                            f"`python train.py --config <config> --workdir {workdir}`.")
+  state = _from_host(template, restored[0])
+  return {"params": state.eval_params(),
+          **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+
+
 def _progress(total: int, start: int):
   from tqdm.auto import tqdm  # noqa: PLC0415
 
