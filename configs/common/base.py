@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mean = IMAGENET_MEAN
   c.data.std = IMAGENET_STD
   c.data.seed = 0
+  c.data.worker_count = 0  # grain worker processes building batches (0: in the main process)
+  c.data.prefetch = 2  # batches buffered ahead on the host (per worker)
+  c.data.device_prefetch = 2  # batches transferred to the devices ahead of the step
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.flip = True
   c.data.augment.photometric = False

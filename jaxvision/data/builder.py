@@ -1,33 +1,55 @@
 """Datasets from ``config.data``: the source, the transforms and the grain pipeline.
 
-Keys of ``config.data`` (shared block: ``configs/common/data.py``):
-  name: ``"shapes"`` (built in, prepared offline on first use). Real datasets join as they land.
+Keys of ``config.data`` (shared block: ``configs/common/base.py``; keys marked * are read with a
+default when the config lacks them):
+  name: ``"shapes"`` (built in, prepared offline on first use); TFDS datasets
+    ``"oxford_iiit_pet"``, ``"voc/2007"``, ``"voc/2012"``, ``"scene_parse150"``, ``"cityscapes"``,
+    ``"lvis"``, ``"coco/2017"`` (prepared with ``tfds build``; see ``jaxvision.data.tfds_sources``
+    for how each maps into the batch contract); ``"coco_json"`` (a COCO-format instances JSON +
+    image folder, ``jaxvision.data.coco_json``).
   data_dir: TFDS data directory (None: ``$JAXVISION_DATA_DIR``, ``$TFDS_DATA_DIR`` or
     ``~/tensorflow_datasets``).
-  train_split, eval_split: split names.
+  train_split, eval_split: split names (TFDS slicing such as ``"train[:90%]"`` works; not used by
+    ``coco_json``).
   image_size: (H, W) of the network input; images are resized keeping their aspect ratio to fit,
     then padded (bottom/right) to exactly this size.
   batch_size, eval_batch_size: global batch sizes (divided among processes, then devices).
   max_boxes, mask_stride, keep_masks: instance padding (``transforms.pad_instances``); masks are
-    dropped unless ``keep_masks`` (semantic segmentation does not need them).
+    not decoded (TFDS, COCO JSON) or are dropped (shapes) unless ``keep_masks``.
   augment: ``flip`` (bool), ``photometric`` (bool), ``elastic`` (bool, U-Net's deformation),
     ``scale_jitter`` (None or (min, max)).
   mean, std: normalization (``transforms.normalize_image``).
   seed: shuffling and augmentation seed.
+  worker_count*: grain worker processes building batches (default 0: in the main process);
+    batches are the same whatever the count.
+  prefetch*: batches buffered ahead on the host (per worker; without workers, in ``num_threads*``
+    background threads, default 1); default 2.
+  device_prefetch*: batches kept transferred to the devices ahead of the step
+    (``pipeline.prefetch_to_device``; used by the training loop); default 2.
+  pet_labels*: ``oxford_iiit_pet`` classes, ``"pet"`` (default), ``"species"`` or ``"breed"``.
+  scene_parse_other*: ``scene_parse150``'s unlabelled/stuff pixels: ``"background"`` (class 0,
+    default) or ``"ignore"`` (255).
+  annotations*, images*: ``coco_json`` instances JSON and image folder for every split;
+    ``train_annotations*``/``train_images*`` and ``eval_annotations*``/``eval_images*`` override
+    them per split.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxvision.data import pipeline
 from jaxvision.data import transforms as T
 
-DATASETS = ("shapes",)
+#: TFDS datasets (``jaxvision.data.tfds_sources.DATASETS``; listed here so that reading the list
+#: does not import TFDS).
+TFDS_DATASETS = ("oxford_iiit_pet", "voc/2007", "voc/2012", "scene_parse150", "cityscapes", "lvis",
+                 "coco/2017")
+DATASETS = ("shapes",) + TFDS_DATASETS + ("coco_json",)
 
 
 def _check_name(data: Any) -> str:
@@ -36,12 +58,85 @@ def _check_name(data: Any) -> str:
   return data.name
 
 
-def dataset_info(data: Any) -> pipeline.DatasetInfo:
-  """The ``DatasetInfo`` of ``config.data.name`` (without preparing or reading any data)."""
-  _check_name(data)
-  from jaxvision.data.shapes_gen import SHAPES_CLASSES  # noqa: PLC0415
+def _coco_paths(data: Any, *, train: bool) -> tuple[str, str]:
+  prefix = "train" if train else "eval"
+  paths = []
+  for kind in ("annotations", "images"):
+    value = data.get(f"{prefix}_{kind}") or data.get(kind)
+    if not value:
+      raise ValueError(f"config.data.name 'coco_json' needs config.data.{prefix}_{kind} (or "
+                       f"config.data.{kind} for every split): the COCO-format "
+                       f"{'instances JSON' if kind == 'annotations' else 'image folder'}.")
+    paths.append(os.path.expanduser(str(value)))
+  return paths[0], paths[1]
 
-  return pipeline.DatasetInfo(name="jaxvision_shapes", class_names=tuple(SHAPES_CLASSES))
+
+def _file_key(path: str) -> tuple:
+  try:
+    st = os.stat(path)
+    return (path, st.st_mtime_ns, st.st_size)
+  except OSError:
+    return (path, None, None)
+
+
+@functools.lru_cache(maxsize=4)
+def _coco_categories(key: tuple) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  from jaxvision.data import coco_json  # noqa: PLC0415
+
+  return coco_json.load_categories(key[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _coco_source(key: tuple, images: str, category_ids: tuple, class_names: tuple):
+  from jaxvision.data import coco_json  # noqa: PLC0415
+
+  return coco_json.CocoJsonSource(key[0], images, category_ids=category_ids,
+                                  class_names=class_names)
+
+
+def _tfds_options(data: Any) -> dict:
+  return {"pet_labels": data.get("pet_labels", "pet"),
+          "scene_parse_other": data.get("scene_parse_other", "background")}
+
+
+def dataset_info(data: Any) -> pipeline.DatasetInfo:
+  """The ``DatasetInfo`` of ``config.data.name`` (reads no examples; ``coco_json`` reads the
+  training JSON's categories)."""
+  name = _check_name(data)
+  if name == "shapes":
+    from jaxvision.data.shapes_gen import SHAPES_CLASSES  # noqa: PLC0415
+
+    return pipeline.DatasetInfo(name="jaxvision_shapes", class_names=tuple(SHAPES_CLASSES))
+  if name == "coco_json":
+    ids, names = _coco_categories(_file_key(_coco_paths(data, train=True)[0]))
+    return pipeline.DatasetInfo(name="coco_json", class_names=names, category_ids=ids)
+  from jaxvision.data import tfds_sources  # noqa: PLC0415
+
+  return tfds_sources.dataset_info(name, pet_labels=data.get("pet_labels", "pet"),
+                                   data_dir=data.get("data_dir"))
+
+
+def open_split(data: Any, *, train: bool):
+  """``(source, decode, info)`` of the train or eval split of ``config.data`` (no pipeline yet).
+
+  Raises:
+    pipeline.DatasetNotFoundError: the data is missing; the message says how to get it.
+  """
+  name = _check_name(data)
+  split = data.train_split if train else data.eval_split
+  if name == "shapes":
+    source, info = pipeline.shapes_source(split, data.get("data_dir"))
+    return source, pipeline.decode_shapes, info
+  with_masks = bool(data.get("keep_masks", False))
+  if name == "coco_json":
+    annotations, images = _coco_paths(data, train=train)
+    ids, names = _coco_categories(_file_key(_coco_paths(data, train=True)[0]))
+    source = _coco_source(_file_key(annotations), images, ids, names)
+    return source, source.decoder(with_masks=with_masks), source.info
+  from jaxvision.data import tfds_sources  # noqa: PLC0415
+
+  return tfds_sources.open_source(name, split, data.get("data_dir"), with_masks=with_masks,
+                                  **_tfds_options(data))
 
 
 def _drop_masks(example: dict) -> dict:
@@ -77,17 +172,32 @@ def make_transform(data: Any, *, train: bool):
 
 def make_split(data: Any, *, train: bool, start_step: int = 0):
   """This host's dataset of batches for the train or eval split (see ``pipeline.make_dataset``)."""
-  _check_name(data)
-  split = data.train_split if train else data.eval_split
-  source, _ = pipeline.shapes_source(split, data.get("data_dir"))
+  import jax  # noqa: PLC0415 - keeps grain workers, which unpickle this module's objects, JAX-free
+
+  source, decode, _ = open_split(data, train=train)
   global_batch = int(data.batch_size if train else data.get("eval_batch_size", data.batch_size))
   if global_batch % jax.process_count():
     raise ValueError(f"the global batch size {global_batch} must be divisible by the number of "
                      f"processes {jax.process_count()}.")
   return pipeline.make_dataset(
-      source, batch_size=global_batch // jax.process_count(), decode=pipeline.decode_shapes,
+      source, batch_size=global_batch // jax.process_count(), decode=decode,
       transform=make_transform(data, train=train), train=train, seed=int(data.seed),
       shard_index=jax.process_index(), shard_count=jax.process_count(), start_step=start_step)
+
+
+def loader_options(data: Any) -> dict:
+  """``config.data``'s iteration options for ``pipeline.Loader`` / ``pipeline.iterate``."""
+  return {"worker_count": int(data.get("worker_count", 0)), "prefetch": int(data.get("prefetch", 2)),
+          "num_threads": int(data.get("num_threads", 1))}
+
+
+def make_loader(data: Any, *, train: bool, start_step: int = 0) -> pipeline.Loader:
+  """``make_split`` wrapped with ``config.data``'s worker and prefetch options.
+
+  ``for batch in loader`` iterates (training: forever, from ``start_step``; evaluation: one pass
+  per ``iter``); ``loader[i]`` is batch ``start_step + i`` computed in the calling process.
+  """
+  return pipeline.Loader(make_split(data, train=train, start_step=start_step), **loader_options(data))
 
 
 def mean_std(data: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,7 @@ import optax
 
 from jaxvision import models
 from jaxvision.data import builder as data_builder
+from jaxvision.data import pipeline as data_pipeline
 from jaxvision.train import checkpoint as ckpt_lib
 from jaxvision.train import evaluators
 from jaxvision.train import optim as optim_lib
@@ -274,8 +275,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                            "ema_decay", 0.0))),
                                        parallelism=config.parallelism)
   evaluation = evaluators.make_evaluation(config, family, info)
-  train_ds = data_builder.make_split(config.data, train=True, start_step=start)
-  eval_ds = data_builder.make_split(config.data, train=False)
+  # Host batches come from grain (worker processes when config.data.worker_count > 0); the next
+  # batches are transferred to the devices while the current step runs.
+  train_batches = data_pipeline.prefetch_to_device(
+      iter(data_builder.make_loader(config.data, train=True, start_step=start)),
+      size=int(config.data.get("device_prefetch", 2)), put_fn=train_runner.put_batch,
+      with_host=True)
+  eval_ds = data_builder.make_loader(config.data, train=False)  # re-iterable: one pass per eval
+  num_skipped_images = 0
   writer = _MetricsWriter(workdir)
   state = train_runner.put_state(state)
 
@@ -289,8 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = start
   try:
     for step in range(start + 1, total + 1):
-      batch = train_ds[step - start - 1]
-      state, metrics = train_runner(state, train_runner.put_batch(batch))
+      batch, device_batch = next(train_batches)
+      state, metrics = train_runner(state, device_batch)
+      num_skipped_images += int(np.sum(batch.get("num_skipped_images", 0)))
       loss = float(np.asarray(metrics["loss"]).reshape(-1)[0])
       if not np.isfinite(loss):
         raise NonFiniteLossError(
@@ -302,6 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % log_every == 0 or step == total:
         host_metrics = {k: np.asarray(v).reshape(-1)[0] for k, v in metrics.items()}
         host_metrics["num_dropped_boxes"] = int(np.sum(batch.get("num_dropped_boxes", 0)))
+        host_metrics["num_skipped_images"] = num_skipped_images  # unreadable images so far
         host_metrics["learning_rate"] = float(optim_lib.learning_rate_schedule(config.optim,
                                                                                total)(step - 1))
         writer.write(step, "train", host_metrics)
@@ -318,6 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.warning("SIGTERM: saved a checkpoint at step %d and stopping.", step)
         break
   finally:
+    train_batches.close()  # stops grain worker processes
     progress.close()
     writer.close()
     signal.signal(signal.SIGTERM, previous)
@@ -338,7 +348,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, which: str = "l
   state, step = _from_host(template, restored[0]), int(restored[1])
   evaluation = evaluators.make_evaluation(config, family, info)
   metrics = evaluation(evaluation.runner.put_state(state),
-                       data_builder.make_split(config.data, train=False))
+                       data_builder.make_loader(config.data, train=False))
   metrics["step"] = step
   return metrics
 

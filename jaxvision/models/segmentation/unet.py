@@ -560,8 +560,8 @@ def add_unet_weight_map(example: Mapping[str, Any], *, w0: float = 10.0, sigma: 
   """Data transform: ``example["weight_map"] = unet_weight_map(segmentation, masks)``.
 
   Use it in ``transforms.compose`` after the geometric transforms and before ``pad_instances`` (which
-  pads and may downsample the masks). ``weight_map`` is not in the batch contract's
-  ``pipeline.BATCH_KEYS``: add it there (float32 ``[B, H, W]``, pad 0) for ``make_dataset`` to keep it.
+  pads and may downsample the masks). ``weight_map`` is in ``pipeline.BATCH_KEYS`` (float32
+  ``[B, H, W]``, pad 0).
   """
   if "segmentation" not in example:
     raise ValueError(f"add_unet_weight_map: example has no 'segmentation' (keys: {sorted(example)}).")
