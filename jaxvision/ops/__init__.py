@@ -13,10 +13,11 @@ The package exports its modules; call the functions through them::
 from jaxvision.ops import anchors
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes
+from jaxvision.ops import crf
 from jaxvision.ops import matching
 from jaxvision.ops import nms
 from jaxvision.ops import roi
 from jaxvision.ops import sampling
 from jaxvision.ops import unpool
 
-__all__ = ["anchors", "box_coder", "boxes", "matching", "nms", "roi", "sampling", "unpool"]
+__all__ = ["anchors", "box_coder", "boxes", "crf", "matching", "nms", "roi", "sampling", "unpool"]
