@@ -14,6 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "segmentation"
   c.parallelism = "shard_map"  # or "pmap": same per-device step, same numbers
+  c.init_from = ""  # a torchvision backbone file (.pth/.safetensors) to start the backbone from
+  c.init_from_at = "backbone"  # the sub-tree of the model's params that holds the backbone
+  c.init_from_prefix = ""  # key prefix inside the file (e.g. "backbone.body." for detection models)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shapes"

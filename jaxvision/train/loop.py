@@ -189,6 +189,15 @@ def _init_state(config, family, tx) -> TrainState:
   dummy = example_batch(config)
   variables = jax.jit(lambda k: family.init_variables(k, dummy))(
       jax.random.PRNGKey(int(config.train.seed)))
+  if config.get("init_from"):
+    # A torchvision backbone file (e.g. resnet50-*.pth), converted and loaded into the model's
+    # backbone sub-tree before the optimizer state is made (jaxvision.weights).
+    from jaxvision.weights import load_backbone_into  # noqa: PLC0415
+
+    variables = load_backbone_into(variables, config.init_from,
+                                   config.model.get("backbone", "vgg16"),
+                                   at=config.get("init_from_at", "backbone"),
+                                   prefix=config.get("init_from_prefix", ""))
   params = variables["params"]
   ema = jax.tree.map(jnp.copy, params) if float(config.optim.get("ema_decay", 0.0)) > 0 else {}
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,

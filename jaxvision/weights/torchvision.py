@@ -1,0 +1,567 @@
+"""Converters from torchvision state dicts to jaxvision backbone variables, and a checked loader.
+
+``convert_resnet(state_dict, depth)`` and ``convert_vgg16(state_dict)`` map torchvision's
+``resnet18/34/50/101`` and ``vgg16`` / ``vgg16_bn`` state dicts (``{name: np.ndarray}``, e.g. from
+``jaxvision.weights.io.load_state_dict``) to the variables of ``jaxvision.models.backbones.ResNet``
+and ``VGG16`` (``{"params": ..., "batch_stats": ...}``). ``load_into(template, converted)``
+puts them into a model's variables, checking every key and shape first; ``load_backbone_weights``
+does file -> converted -> checked variables in one call. Tested for exact output parity with
+torchvision (``tests/weights/test_backbone_weights.py``, fixtures from
+``tests/fixtures/gen_weights.py``).
+
+Layout differences handled here:
+
+* Activations: torchvision is NCHW, jaxvision NHWC (``x_jax = x_torch.transpose(0, 2, 3, 1)``).
+* ``Conv2d.weight [O, I, kh, kw]`` -> ``nn.Conv`` kernel ``[kh, kw, I, O]`` (``transpose(2, 3, 1,
+  0)``); biases unchanged. ``Linear.weight [out, in]`` -> ``nn.Dense`` kernel ``[in, out]``.
+* ``ConvTranspose2d.weight [I, O, kh, kw]`` (``conv_transpose_kernel``): for ``nn.ConvTranspose``
+  with ``transpose_kernel=True`` (scatter semantics, as PyTorch; jaxvision's FCN upsampling) it is
+  ``transpose(2, 3, 1, 0)`` -> ``[kh, kw, O, I]``; with the Flax default ``transpose_kernel=False``
+  (gather form: SegNet/U-Net/DeconvNet/hourglass decoders) it is ``transpose(2, 3, 0, 1)`` flipped in
+  both spatial axes -> ``[kh, kw, I, O]``. PyTorch's ``padding=p`` (and ``output_padding=q``) is the
+  explicit Flax/lax padding ``(k - 1 - p, k - 1 - p + q)`` per axis (``"VALID"`` for ``p = q = 0``).
+* BatchNorm ``weight, bias, running_mean, running_var`` -> ``scale, bias, mean, var``: with
+  ``norm="batch"`` (``nn.BatchNorm``) ``scale``/``bias`` go to ``params`` and ``mean``/``var`` to
+  ``batch_stats``; with ``norm="frozen"`` (``FrozenBatchNorm``, torchvision's detection backbones)
+  all four go to ``batch_stats`` (``jaxvision.models.layers.norm``). ``num_batches_tracked`` is
+  dropped. Epsilon is 1e-5 in both libraries (``nn.BatchNorm2d`` and ``FrozenBatchNorm2d``); PyTorch's
+  BN ``momentum=0.1`` is Flax's ``momentum=0.9`` (only matters when training).
+* VGG-16's classifier as convolutions (FCN, Long et al. 2015): ``classifier.0`` (``Linear(25088,
+  4096)``, its input being ``pool5`` flattened in C, H, W order) -> ``fc6`` 7x7 kernel
+  ``weight.reshape(4096, 512, 7, 7).transpose(2, 3, 1, 0)``; ``classifier.3`` (``Linear(4096, 4096)``)
+  -> ``fc7`` 1x1 kernel; ``classifier.6`` (the 1000 ImageNet classes) is not part of the backbone and
+  is dropped. torchvision applies ``AdaptiveAvgPool2d((7, 7))`` before its classifier, which is the
+  identity on the 7x7 ``pool5`` of a 224 x 224 input: there ``fc6``/``fc7`` equal torchvision's
+  classifier outputs exactly (the centre pixel of ``fc6_padding="same"``, the only pixel of
+  ``"valid"``). On other sizes the convolutional ``fc6`` slides over ``pool5`` (FCN), where torchvision
+  would resample ``pool5`` to 7x7 first.
+* Padding, pooling and rounding agree by construction of the backbones: symmetric explicit conv
+  padding (PyTorch's, not ``"SAME"``), max pools padded with -inf, VGG pools in floor mode
+  (torchvision's ``vgg16``; ``ceil_mode`` only for SSD/FCN variants), ResNet v1.5 (stride on the 3x3).
+
+Image normalization. torchvision's ImageNet weights expect RGB in ``[0, 1]`` normalized with mean
+``(0.485, 0.456, 0.406)`` and std ``(0.229, 0.224, 0.225)``: exactly
+``jaxvision.data.transforms.IMAGENET_MEAN`` / ``IMAGENET_STD`` (the constants of
+``normalize_image``, applied to 0..255 images as ``(x / 255 - mean) / std``; the test checks them
+against the constants torchvision's weight metadata carries). torchvision's classification preset
+also resizes the short side to 256 (bilinear, antialiased) and centre-crops 224; its detection
+models normalize inside the model (``GeneralizedRCNNTransform``: min size 800, max 1333), while in
+jaxvision normalization and resizing belong to the data pipeline (``config.data``), so a config that
+fine-tunes converted weights must keep ``normalize_image``'s default constants.
+
+Wiring ``config.init_from`` (for the training loop, ``jaxvision.train.loop._init_state``): after
+the family's initial variables, before ``tx.init(params)``, replace the backbone sub-tree by the
+converted file, checked::
+
+  variables = jax.jit(lambda k: family.init_variables(k, dummy))(key)
+  if config.get("init_from"):
+    variables = load_backbone_into(variables, config.init_from, config.model.backbone,
+                                   at="backbone")  # WeightMismatchError on any mismatch
+
+``at`` is the backbone's path inside each collection (``"backbone"`` for the families whose module
+holds it as the ``backbone`` attribute); the norm (``"batch"`` / ``"frozen"``) and, for VGG,
+``fc_as_conv`` are read from the variables; ``prefix``/``key`` select the backbone inside a larger
+checkpoint (``prefix="backbone.body."`` for torchvision's detection models). A resumed run
+restores its own checkpoint over these values, as it does over a random initialization.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["convert_resnet", "convert_vgg16", "convert_backbone", "load_into",
+           "load_backbone_weights", "load_backbone_into", "check_variables", "infer_resnet_depth",
+           "resnet_torchvision_keys", "vgg16_torchvision_keys", "conv_kernel", "linear_kernel",
+           "conv_transpose_kernel", "WeightMismatchError"]
+
+_BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_SHOWN = 20  # entries listed per category in a mismatch report
+
+
+class WeightMismatchError(ValueError):
+  """Weights and model disagree. ``missing``, ``unexpected``: key lists; ``mismatched``:
+  ``[(key, expected shape/dtype, found shape/dtype)]``."""
+
+  def __init__(self, what: str, missing=(), unexpected=(), mismatched=(), hint: str = ""):
+    self.missing, self.unexpected = list(missing), list(unexpected)
+    self.mismatched = list(mismatched)
+    lines = [f"{what}: {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+             f"{len(self.mismatched)} mismatched; nothing was loaded."]
+    if self.missing:
+      lines.append("  missing (expected, not found): " + _listing(self.missing))
+    if self.unexpected:
+      lines.append("  unexpected (found, not expected): " + _listing(self.unexpected))
+    if self.mismatched:
+      lines.append("  mismatched (key: expected vs found):")
+      lines += [f"    {k}: expected {e}, found {f}" for k, e, f in self.mismatched[:_SHOWN]]
+      if len(self.mismatched) > _SHOWN:
+        lines.append(f"    ... and {len(self.mismatched) - _SHOWN} more")
+    if hint:
+      lines.append("  " + hint)
+    super().__init__("\n".join(lines))
+
+
+def _listing(keys: Sequence[str]) -> str:
+  shown = ", ".join(keys[:_SHOWN])
+  return shown + (f", ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Array layout
+# ------------------------------------------------------------------------------------------------
+
+
+def _ndim(w, n: int, what: str) -> np.ndarray:
+  w = np.asarray(w)
+  if w.ndim != n:
+    raise ValueError(f"{what}: expected a {n}-D array, got shape {w.shape}.")
+  return w
+
+
+def conv_kernel(weight) -> np.ndarray:
+  """``Conv2d.weight [O, I, kh, kw]`` -> ``nn.Conv`` kernel ``[kh, kw, I, O]``."""
+  return _ndim(weight, 4, "conv_kernel weight").transpose(2, 3, 1, 0)
+
+
+def linear_kernel(weight) -> np.ndarray:
+  """``Linear.weight [out, in]`` -> ``nn.Dense`` kernel ``[in, out]``."""
+  return _ndim(weight, 2, "linear_kernel weight").T
+
+
+def conv_transpose_kernel(weight, *, transpose_kernel: bool = False) -> np.ndarray:
+  """``ConvTranspose2d.weight [I, O, kh, kw]`` -> ``nn.ConvTranspose`` kernel (module docstring).
+
+  ``transpose_kernel=False`` (Flax's default): ``[kh, kw, I, O]``, spatially flipped;
+  ``transpose_kernel=True``: ``[kh, kw, O, I]``. Only ``groups=1`` and ``dilation=1`` are covered.
+  """
+  w = _ndim(weight, 4, "conv_transpose_kernel weight")
+  if transpose_kernel:
+    return w.transpose(2, 3, 1, 0)
+  return w.transpose(2, 3, 0, 1)[::-1, ::-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Generic table-driven conversion
+# ------------------------------------------------------------------------------------------------
+
+# kind -> the state-dict fields a module of that kind has
+_FIELDS = {
+    "conv": ("weight",),
+    "conv_bias": ("weight", "bias"),
+    "bn": ("weight", "bias", "running_mean", "running_var"),
+    "fc6": ("weight", "bias"),
+    "fc7": ("weight", "bias"),
+}
+
+
+def _set(tree: dict, path: Sequence[str], value) -> None:
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def _fc6_kernel(weight, in_channels: int) -> np.ndarray:
+  w = _ndim(weight, 2, "classifier.0.weight")  # (F, C * k * k)
+  f, n = w.shape
+  k = int(round(np.sqrt(n / in_channels))) if n % in_channels == 0 else 0
+  if k < 1 or in_channels * k * k != n:
+    raise ValueError(f"classifier.0.weight {w.shape}: its {n} inputs are not {in_channels} "
+                     "channels x k x k.")
+  return conv_kernel(w.reshape(f, in_channels, k, k))  # (k, k, C, F)
+
+
+def _convert(state_dict: Mapping[str, Any], table: Mapping[str, tuple[tuple[str, ...], str]], *,
+             norm: str, prefix: str, skip: Iterable[str], what: str, hint: str = "",
+             fc6_channels: int = 512) -> dict:
+  """Maps ``state_dict`` through ``table`` (torch module name -> (jaxvision path, kind)).
+
+  Keys outside ``prefix`` are ignored; inside it, a key must belong to a table module (its fields)
+  or start with a ``skip`` module name; ``num_batches_tracked`` is dropped. Every table field must
+  be present. Raises ``WeightMismatchError`` otherwise.
+  """
+  if norm not in ("batch", "frozen"):
+    raise ValueError(f"norm must be 'batch' or 'frozen', got {norm!r}.")
+  if not isinstance(state_dict, Mapping):
+    raise TypeError("state_dict must be a mapping of names to arrays, got "
+                    f"{type(state_dict).__name__}.")
+  skip = tuple(skip)
+  found: dict[str, dict[str, Any]] = {}
+  unexpected, n_in_prefix = [], 0
+  for key, value in state_dict.items():
+    if not key.startswith(prefix):
+      continue
+    n_in_prefix += 1
+    name = key[len(prefix):]
+    module, _, field = name.rpartition(".")
+    if field == "num_batches_tracked" or any(name == s or name.startswith(s + ".") for s in skip):
+      continue
+    if module in table and field in _FIELDS[table[module][1]]:
+      found.setdefault(module, {})[field] = value
+    else:
+      unexpected.append(key)
+  if prefix and n_in_prefix == 0:
+    raise WeightMismatchError(f"{what}: no key starts with prefix {prefix!r}",
+                              unexpected=sorted(state_dict)[:_SHOWN])
+  missing = [prefix + f"{m}.{f}" for m, (_, kind) in table.items() for f in _FIELDS[kind]
+             if f not in found.get(m, {})]
+  if missing or unexpected:
+    raise WeightMismatchError(what, missing, unexpected, hint=hint)
+
+  params: dict = {}
+  stats: dict = {}
+  for module, (path, kind) in table.items():
+    fields = found[module]
+    if kind in ("conv", "conv_bias"):
+      _set(params, path + ("kernel",), conv_kernel(fields["weight"]))
+      if kind == "conv_bias":
+        _set(params, path + ("bias",), np.asarray(fields["bias"]))
+    elif kind == "bn":
+      for field, name in _BN_FIELDS.items():
+        target = stats if norm == "frozen" or name in ("mean", "var") else params
+        _set(target, path + (name,), np.asarray(fields[field]))
+    elif kind == "fc6":
+      _set(params, path + ("kernel",), _fc6_kernel(fields["weight"], fc6_channels))
+      _set(params, path + ("bias",), np.asarray(fields["bias"]))
+    elif kind == "fc7":
+      w = _ndim(fields["weight"], 2, f"{module}.weight")  # (F2, F)
+      _set(params, path + ("kernel",), w.T[None, None])  # (1, 1, F, F2)
+      _set(params, path + ("bias",), np.asarray(fields["bias"]))
+  out = {"params": params}
+  if stats:
+    out["batch_stats"] = stats
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# ResNet
+# ------------------------------------------------------------------------------------------------
+
+
+def _resnet_stages(depth: int):
+  from jaxvision.models.backbones.resnet import RESNET_STAGES  # noqa: PLC0415
+  if depth not in RESNET_STAGES:
+    raise ValueError(f"depth must be one of {sorted(RESNET_STAGES)}, got {depth!r}.")
+  return RESNET_STAGES[depth]
+
+
+def _resnet_table(depth: int) -> dict[str, tuple[tuple[str, ...], str]]:
+  kind, blocks = _resnet_stages(depth)
+  convs = 2 if kind == "basic" else 3
+  table = {"conv1": (("conv1",), "conv"), "bn1": (("bn1",), "bn")}
+  for s, n in enumerate(blocks, start=1):
+    for b in range(n):
+      src, dst = f"layer{s}.{b}", f"layer{s}_{b}"
+      for k in range(1, convs + 1):
+        table[f"{src}.conv{k}"] = ((dst, f"conv{k}"), "conv")
+        table[f"{src}.bn{k}"] = ((dst, f"bn{k}"), "bn")
+      # torchvision projects where the stride or the width changes: every stage's first block,
+      # except layer1 of the basic-block nets (64 -> 64 at stride 1).
+      if b == 0 and (s > 1 or kind == "bottleneck"):
+        table[f"{src}.downsample.0"] = ((dst, "downsample_conv"), "conv")
+        table[f"{src}.downsample.1"] = ((dst, "downsample_bn"), "bn")
+  return table
+
+
+def resnet_torchvision_keys(depth: int) -> list[str]:
+  """The state-dict keys ``convert_resnet`` needs for ``depth`` (no ``fc``, no counters)."""
+  return [f"{m}.{f}" for m, (_, kind) in _resnet_table(depth).items() for f in _FIELDS[kind]]
+
+
+def infer_resnet_depth(state_dict: Mapping[str, Any], prefix: str = "") -> int | None:
+  """The torchvision ResNet depth (18/34/50/101) whose block layout the keys have, or None."""
+  from jaxvision.models.backbones.resnet import RESNET_STAGES  # noqa: PLC0415
+  blocks = []
+  for s in range(1, 5):
+    ids = {k[len(prefix):].split(".")[1] for k in state_dict
+           if k.startswith(f"{prefix}layer{s}.") and k[len(prefix):].count(".") >= 2}
+    blocks.append(len(ids))
+  kind = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in state_dict else "basic"
+  for depth, stages in RESNET_STAGES.items():
+    if stages == (kind, tuple(blocks)):
+      return depth
+  return None
+
+
+def convert_resnet(state_dict: Mapping[str, Any], depth: int, *, norm: str = "batch",
+                   prefix: str = "") -> dict:
+  """torchvision ``resnet<depth>`` state dict -> ``ResNet(depth, norm=norm)`` variables.
+
+  Args:
+    state_dict: ``{name: array}`` in torchvision's naming and layout (``fc.*`` and
+      ``num_batches_tracked`` are dropped).
+    depth: 18, 34, 50 or 101.
+    norm: the backbone's norm, ``"batch"`` (``scale``/``bias`` in ``params``, ``mean``/``var`` in
+      ``batch_stats``) or ``"frozen"`` (all four in ``batch_stats``).
+    prefix: where the ResNet sits in a larger state dict (``"backbone.body."`` in torchvision's
+      detection models); keys outside it are ignored.
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}`` of NumPy arrays (transposed views of the inputs where
+    possible; the backbone's naming, see ``jaxvision.models.backbones.resnet``).
+
+  Raises:
+    WeightMismatchError: keys of the ResNet missing from the state dict, or keys under ``prefix``
+      that a ResNet-``depth`` does not have (with the depth the keys suggest).
+  """
+  table = _resnet_table(depth)
+  hint = ""
+  guess = infer_resnet_depth(state_dict, prefix)
+  if guess is not None and guess != depth:
+    hint = f"the keys look like a ResNet-{guess}, not a ResNet-{depth}."
+  return _convert(state_dict, table, norm=norm, prefix=prefix, skip=("fc",),
+                  what=f"torchvision resnet{depth} state dict", hint=hint)
+
+
+# ------------------------------------------------------------------------------------------------
+# VGG-16
+# ------------------------------------------------------------------------------------------------
+
+
+def _vgg16_table(batch_norm: bool, fc_as_conv: bool) -> dict[str, tuple[tuple[str, ...], str]]:
+  table, i, block, k = {}, 0, 1, 1
+  for c in _VGG16_CFG:
+    if c == "M":  # MaxPool2d
+      i, block, k = i + 1, block + 1, 1
+      continue
+    table[f"features.{i}"] = ((f"conv{block}_{k}",), "conv_bias")
+    if batch_norm:
+      table[f"features.{i + 1}"] = ((f"bn{block}_{k}",), "bn")
+    i += 3 if batch_norm else 2  # Conv2d (+ BatchNorm2d) + ReLU
+    k += 1
+  if fc_as_conv:
+    table["classifier.0"] = (("fc6",), "fc6")
+    table["classifier.3"] = (("fc7",), "fc7")
+  return table
+
+
+def vgg16_torchvision_keys(batch_norm: bool = False, fc_as_conv: bool = True) -> list[str]:
+  """The state-dict keys ``convert_vgg16`` needs (``classifier.6`` is never needed)."""
+  return [f"{m}.{f}" for m, (_, kind) in _vgg16_table(batch_norm, fc_as_conv).items()
+          for f in _FIELDS[kind]]
+
+
+def convert_vgg16(state_dict: Mapping[str, Any], *, fc_as_conv: bool = True,
+                  batch_norm: bool | None = None, norm: str = "batch", prefix: str = "") -> dict:
+  """torchvision ``vgg16`` (or ``vgg16_bn``) state dict -> ``VGG16`` variables.
+
+  Args:
+    state_dict: ``{name: array}`` in torchvision's naming and layout.
+    fc_as_conv: convert ``classifier.0``/``classifier.3`` to the convolutions ``fc6`` (7x7) and
+      ``fc7`` (1x1), for ``VGG16(fc_as_conv=True)``; False drops the whole classifier.
+      ``classifier.6`` (ImageNet logits) is always dropped.
+    batch_norm: ``vgg16_bn`` layout (BatchNorm after each convolution, for ``VGG16(norm="batch")``);
+      None: detected from the keys (``features.1.running_mean`` present).
+    norm: with ``batch_norm``, ``"batch"`` or ``"frozen"`` placement of the BN arrays.
+    prefix: where the VGG sits in a larger state dict; keys outside it are ignored.
+
+  Raises:
+    WeightMismatchError: missing or unexpected keys (e.g. a ``vgg16_bn`` file with
+      ``batch_norm=False``).
+  """
+  if batch_norm is None:
+    batch_norm = f"{prefix}features.1.running_mean" in state_dict
+  table = _vgg16_table(bool(batch_norm), fc_as_conv)
+  skip = ("classifier.6",) if fc_as_conv else ("classifier",)
+  name = "vgg16_bn" if batch_norm else "vgg16"
+  return _convert(state_dict, table, norm=norm, prefix=prefix, skip=skip,
+                  what=f"torchvision {name} state dict", fc6_channels=512)
+
+
+def convert_backbone(state_dict: Mapping[str, Any], backbone_name: str, *, norm: str | None = None,
+                     fc_as_conv: bool = True, prefix: str = "") -> dict:
+  """``convert_resnet`` / ``convert_vgg16`` by ``jaxvision.models.backbones`` name.
+
+  ``norm``: None -> ``"batch"`` for ResNets, plain ``vgg16`` for VGG (``"batch"`` -> ``vgg16_bn``).
+  """
+  from jaxvision.models.backbones import BACKBONES  # noqa: PLC0415
+  if backbone_name not in BACKBONES:
+    raise ValueError(f"backbone_name must be one of {list(BACKBONES)}, got {backbone_name!r}.")
+  if backbone_name == "vgg16":
+    return convert_vgg16(state_dict, fc_as_conv=fc_as_conv, batch_norm=norm is not None,
+                         norm=norm or "batch", prefix=prefix)
+  return convert_resnet(state_dict, int(backbone_name[len("resnet"):]), norm=norm or "batch",
+                        prefix=prefix)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checked loading
+# ------------------------------------------------------------------------------------------------
+
+
+def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
+  out = {}
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      out.update(_flatten(v, prefix + (str(k),)))
+  else:
+    out[prefix] = tree
+  return out
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    _set(out, path, v)
+  return out
+
+
+def _desc(x) -> str:
+  return f"{tuple(np.shape(x))} {np.dtype(x.dtype).name}"
+
+
+def _compatible(expected, found) -> bool:
+  if tuple(np.shape(expected)) != tuple(np.shape(found)):
+    return False
+  e, f = np.dtype(expected.dtype), np.dtype(found.dtype)
+  floating = lambda d: np.issubdtype(d, np.floating) or d.name == "bfloat16"  # noqa: E731
+  return e == f or (floating(e) and floating(f))
+
+
+def _parse_at(at) -> tuple[str, ...]:
+  if at is None:
+    return ()
+  if isinstance(at, str):
+    return tuple(p for p in at.split("/") if p)
+  return tuple(str(p) for p in at)
+
+
+def check_variables(template: Mapping[str, Any], converted: Mapping[str, Any], *,
+                    at: str | Sequence[str] | None = None) -> tuple[list, list, list]:
+  """``(missing, unexpected, mismatched)`` between ``template``'s (sub)trees and ``converted``.
+
+  Keys are ``collection/path/to/leaf``. With ``at``, ``converted[collection]`` is compared with
+  ``template[collection][at...]`` for every collection where either has that sub-tree. Shapes
+  must be equal; dtypes equal, or both floating (cast on load). Nothing is loaded.
+  """
+  at = _parse_at(at)
+  missing, unexpected, mismatched = [], [], []
+  collections_ = sorted(set(template) | set(converted))
+  for col in collections_:
+    sub = template.get(col, {})
+    for p in at:
+      sub = sub.get(p, {}) if isinstance(sub, Mapping) else {}
+    want = _flatten(sub)
+    have = _flatten(converted.get(col, {}))
+    name = lambda path: "/".join((col,) + at + path)  # noqa: E731
+    missing += [name(p) for p in want if p not in have]
+    unexpected += [name(p) for p in have if p not in want]
+    mismatched += [(name(p), _desc(want[p]), _desc(have[p])) for p in want
+                   if p in have and not _compatible(want[p], have[p])]
+  return sorted(missing), sorted(unexpected), sorted(mismatched)
+
+
+def load_into(template: Mapping[str, Any], converted: Mapping[str, Any], *,
+              at: str | Sequence[str] | None = None, what: str = "load_into") -> dict:
+  """``template`` with ``converted``'s arrays in place, after checking every key and shape.
+
+  Args:
+    template: the model's variables (``{"params": ..., "batch_stats": ...}``; arrays, or
+      ``jax.ShapeDtypeStruct`` from ``jax.eval_shape(module.init, ...)`` when ``at`` is None).
+    converted: variables of the same structure (e.g. ``convert_resnet``'s output).
+    at: None: ``converted`` must cover the whole template. A path (``"backbone"``,
+      ``"a/b"`` or a tuple): ``converted`` replaces that sub-tree in every collection and must
+      cover it exactly; the rest of the template is kept.
+    what: named in the error message.
+
+  Returns:
+    A new nested dict; loaded leaves are ``jax.Array`` of the template's dtype (floating values
+    are cast, e.g. a float16 checkpoint into a float32 model), other leaves are the template's.
+
+  Raises:
+    WeightMismatchError: any missing key, unexpected key, or shape/dtype mismatch (all listed);
+      nothing is loaded then.
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  missing, unexpected, mismatched = check_variables(template, converted, at=at)
+  if missing or unexpected or mismatched:
+    raise WeightMismatchError(what, missing, unexpected, mismatched)
+  at_path = _parse_at(at)
+  flat = _flatten(template)
+  for col, tree in converted.items():
+    for path, value in _flatten(tree).items():
+      full = (col,) + at_path + path
+      flat[full] = jnp.asarray(np.asarray(value), dtype=flat[full].dtype)
+  return _unflatten(flat)
+
+
+def _backbone_template(backbone_name: str, norm: str | None, **backbone_kwargs):
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from jaxvision.models.backbones import make_backbone  # noqa: PLC0415
+  module = make_backbone(backbone_name, norm=norm, **backbone_kwargs)
+  size = 224 if backbone_name == "vgg16" else 64  # VGG's fc6 "valid" needs a 7x7 pool5
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+
+
+def load_backbone_weights(path: str | os.PathLike, backbone_name: str, *, norm: str | None = None,
+                          prefix: str = "", key: str | None = None, **backbone_kwargs) -> dict:
+  """Variables for ``make_backbone(backbone_name, norm=norm, **backbone_kwargs)`` from a file.
+
+  Args:
+    path: a torchvision state dict (``.pth`` zip or legacy, safetensors or npz), read safely
+      (``jaxvision.weights.io.load_state_dict``).
+    backbone_name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"vgg16"``.
+    norm: ResNet ``"batch"`` (default) or ``"frozen"``; VGG None (``vgg16``) or ``"batch"``
+      (``vgg16_bn``).
+    prefix: sub-module prefix inside a larger state dict (``"backbone.body."``).
+    key: the entry holding the state dict in a wrapped checkpoint (``"model"``).
+    backbone_kwargs: other backbone fields (``output_stride``, ``fc_as_conv``, ...); widths must be
+      the full ones the checkpoint has.
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}`` (``jax.Array``), ready for
+    ``module.apply(variables, images, train=False)``.
+
+  Raises:
+    WeightMismatchError: the file does not fit the backbone (every offending key listed).
+  """
+  from jaxvision.weights.io import load_state_dict  # noqa: PLC0415
+
+  if backbone_name != "vgg16" and norm is None:
+    norm = "batch"
+  state_dict = load_state_dict(path, key=key)
+  converted = convert_backbone(state_dict, backbone_name, norm=norm, prefix=prefix,
+                               fc_as_conv=backbone_kwargs.get("fc_as_conv", True))
+  template = _backbone_template(backbone_name, norm, **backbone_kwargs)
+  return load_into(template, converted, what=f"{os.fspath(path)} into {backbone_name}")
+
+
+def load_backbone_into(variables: Mapping[str, Any], path: str | os.PathLike, backbone_name: str,
+                       *, at: str | Sequence[str] = "backbone", prefix: str = "",
+                       key: str | None = None, fc_as_conv: bool | None = None) -> dict:
+  """A model's ``variables`` with the backbone sub-tree ``at`` loaded from a torchvision file.
+
+  The backbone's norm is read from ``variables``: ``FrozenBatchNorm`` if the stem's norm keeps
+  ``scale`` in ``batch_stats``, ``nn.BatchNorm`` if in ``params``, none (plain ``vgg16``)
+  otherwise. ``fc_as_conv`` (VGG): None -> whether ``variables`` has ``fc6``.
+  """
+  from jaxvision.weights.io import load_state_dict  # noqa: PLC0415
+
+  at_path = _parse_at(at)
+  sub = {}
+  for col in ("params", "batch_stats"):
+    tree = variables.get(col, {})
+    for p in at_path:
+      tree = tree.get(p, {}) if isinstance(tree, Mapping) else {}
+    sub[col] = tree
+  first_bn = "bn1" if backbone_name != "vgg16" else "bn1_1"
+  if "scale" in sub["batch_stats"].get(first_bn, {}):
+    norm = "frozen"
+  elif first_bn in sub["params"]:
+    norm = "batch"
+  else:
+    norm = None if backbone_name == "vgg16" else "batch"
+  if fc_as_conv is None:
+    fc_as_conv = "fc6" in sub["params"]
+  state_dict = load_state_dict(path, key=key)
+  converted = convert_backbone(state_dict, backbone_name, norm=norm, prefix=prefix,
+                               fc_as_conv=fc_as_conv)
+  return load_into(variables, converted, at=at_path,
+                   what=f"{os.fspath(path)} into {'/'.join(at_path) or 'the model'} ({backbone_name})")
