@@ -1,0 +1,19 @@
+"""FCN-16s (Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic Segmentation",
+CVPR 2015) on the built-in shapes dataset: configs/fcn8s_shapes.py with model.variant="16s".
+
+Command:   python train.py --config configs/fcn16s_shapes.py --workdir runs/fcn16s
+Smoke:     python train.py --config configs/fcn16s_shapes.py:smoke --workdir /tmp/fcn16s_smoke
+Hardware:  a 2-core CPU (no accelerator needed); the shapes dataset is prepared offline on first use.
+Model:     as configs/fcn8s_shapes.py (VGG-16 at 1/8 width with BatchNorm), one skip (pool4), the
+           final upsampling by 16.
+Expected:  not measured yet with this command (benchmarks/fcn_variants_shapes.py compares the three
+           variants on an equal short budget).
+"""
+
+from configs import fcn8s_shapes
+
+
+def get_config(arg: str | None = None):
+  c = fcn8s_shapes.get_config(arg)
+  c.model.variant = "16s"
+  return c

@@ -1,0 +1,42 @@
+"""FCN-8s (Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic Segmentation",
+CVPR 2015) on the built-in shapes dataset, with a CPU-sized VGG-16.
+
+Command:   python train.py --config configs/fcn8s_shapes.py --workdir runs/fcn8s
+Smoke:     python train.py --config configs/fcn8s_shapes.py:smoke --workdir /tmp/fcn8s_smoke
+Hardware:  a 2-core CPU (no accelerator needed); the shapes dataset is prepared offline on first use.
+Model:     VGG-16 at 1/8 width (8..64 channels, fc6/fc7 64) with BatchNorm (not in the paper), the
+           "same" alignment (padded convolutions, pools rounding up; model.alignment="paper" is
+           Caffe's pad-100 geometry), skips from pool4 and pool3, learned bilinear-initialised
+           upsampling, square roots of the median-frequency class weights. The paper's network:
+           model.width=64, model.fc_features=4096, model.norm=None, model.alignment="paper".
+Expected:  not measured yet with this command (see tests/models/segmentation/test_fcn.py for a
+           short measured run).
+"""
+
+from configs.common import backbones, base
+
+
+def get_config(arg: str | None = None):
+  c = base.base_config()
+  c.model.name = "fcn"
+  c.model.variant = "8s"
+  c.model.alignment = "same"
+  c.model.width = backbones.TINY_VGG16["width"]
+  c.model.fc_features = backbones.TINY_VGG16["fc_features"]
+  c.model.norm = backbones.TINY_VGG16["norm"]
+  c.model.dropout_rate = 0.1
+  c.model.axis_name = "data"  # cross-replica BatchNorm under data parallelism
+  c.model.class_weights = backbones.SHAPES_SQRT_CLASS_WEIGHTS
+  c.data.batch_size = 8
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 50
+  c.train.steps = 2000
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 250
+  if arg == "smoke":
+    c = base.apply_smoke(c)
+    c.model.width = 4
+    c.model.fc_features = 8
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use configs/fcn8s_shapes.py or :smoke")
+  return c
