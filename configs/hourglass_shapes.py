@@ -9,8 +9,10 @@ Model:     the paper's network (7x7/2 stem + residual modules + max pool to 1/4 
            2 stacks of depth 3 with 32 channels (paper: 8 stacks, depth 4, 256 channels:
            `--config.model.preset=paper`). Per-pixel class logits replace the paper's joint
            heatmaps; they are bilinearly upsampled from 1/4 resolution to the input size.
-Expected:  not measured yet with this command (the 2000-step run); see
-           tests/models/segmentation/test_hourglass.py::test_hourglass_learns_shapes for a short run.
+Expected:  not measured yet with this command (the 2000-step run). A short run of this model
+           (tests/models/segmentation/test_hourglass.py::test_hourglass_learns_shapes: 400 steps of
+           batch 8, constant Adam 3e-3, first 100 validation images) measured val mIoU
+           0.012 -> 0.221 on a shared 2-core CPU.
 """
 
 from configs.common import base

@@ -150,3 +150,22 @@ def test_ema_params_are_averaged_and_used_for_eval(tmp_path, monkeypatch):
   assert any(not np.allclose(a, b) for a, b in zip(init, e))
   assert float(loop.ema_decay_at(0, 0.9)) == pytest.approx(0.1)
   assert float(loop.ema_decay_at(10**6, 0.9)) == pytest.approx(0.9)
+
+
+def test_predictor_maps_detections_back_to_original_pixels(tmp_path, monkeypatch):
+  from jaxvision.predict import Predictor
+
+  monkeypatch.setitem(models.MODELS, "toy_det", make_toy)
+  config = _config(str(tmp_path / "tfds"))
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
+  predictor = Predictor(config, loop.load_variables(config, str(tmp_path / "run")), batch_size=2)
+  image = np.random.default_rng(0).integers(0, 255, (64, 256, 3), dtype=np.uint8)  # scale 0.5
+  out = predictor([image])[0]
+  ex = predictor.preprocess(image)
+  assert float(ex["scale"]) == pytest.approx(0.5)
+  batch = {k: v[None].repeat(2, 0) for k, v in ex.items()}
+  raw = jax.device_get(jax.jit(predictor.family.predict)(predictor.variables, batch))
+  np.testing.assert_allclose(out["boxes"], np.clip(raw["boxes"][0] / 0.5, 0, [256, 64, 256, 64]),
+                             rtol=1e-5)
+  assert out["class_names"] == [("circle", "square", "triangle", "star", "cross")[k - 1]
+                                for k in raw["labels"][0]]

@@ -208,4 +208,4 @@ def test_deconvnet_learns_shapes(shapes_dir):
         f"{before:.3f} -> {after:.3f}, {time.time() - start:.0f} s")
   assert np.all(np.isfinite(losses))
   assert losses[-20:].mean() < 0.7 * losses[:5].mean()
-  assert after > 0.17 and after > before + 0.1
+  assert after > 0.16 and after > before + 0.1  # measured 0.013 -> 0.173

@@ -191,7 +191,7 @@ def train_on_shapes(config, *, steps: int, batch_size: int, seed: int = 0):
   info, family = loop.build_family(config)
   train_ds = data_builder.make_split(config.data, train=True)
   val_ds = data_builder.make_split(config.data, train=False)
-  tx = optim.make_optimizer(config.optim, steps)
+  tx = (family.make_optimizer or optim.make_optimizer)(config.optim, steps)
   variables = jax.jit(family.init_variables)(jax.random.key(seed, impl="rbg"),
                                              {"image": jnp.asarray(train_ds[0]["image"])})
   params = variables["params"]

@@ -102,6 +102,21 @@ def test_full_size_parameters_and_shapes():
   assert p["frontend"]["fc6"]["kernel"].shape == (7, 7, 512, 4096)
 
 
+def test_context_lr_scale_scales_only_the_module_updates():
+  import ml_collections  # noqa: PLC0415
+
+  family = MODELS["context"]({"width": 4, "fc_features": 4, "fc6_kernel": 3,
+                              "context_lr_scale": 0.1}, 3)
+  optim = ml_collections.ConfigDict({"name": "adamw", "learning_rate": 1e-2, "schedule": "constant",
+                                     "warmup_steps": 0, "weight_decay": 0.0})
+  tx = family.make_optimizer(optim, 10)
+  params = {"frontend": {"w": jnp.ones(3)}, "context": {"w": jnp.ones(3)}}
+  grads = {"frontend": {"w": jnp.full(3, 0.5)}, "context": {"w": jnp.full(3, 0.5)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["context"]["w"], 0.1 * updates["frontend"]["w"], rtol=1e-6)
+  assert MODELS["context"]({}, 3).make_optimizer is None
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="unknown context model config keys"):
     dilated.make_context_net({"dilation": (1, 2)}, 3)
@@ -135,7 +150,7 @@ def train_on_shapes(config, *, steps: int, batch_size: int, seed: int = 0):
   info, family = loop.build_family(config)
   train_ds = data_builder.make_split(config.data, train=True)
   val_ds = data_builder.make_split(config.data, train=False)
-  tx = optim.make_optimizer(config.optim, steps)
+  tx = (family.make_optimizer or optim.make_optimizer)(config.optim, steps)
   variables = jax.jit(family.init_variables)(jax.random.key(seed, impl="rbg"),
                                              {"image": jnp.asarray(train_ds[0]["image"])})
   params = variables["params"]

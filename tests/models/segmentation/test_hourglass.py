@@ -217,4 +217,4 @@ def test_hourglass_learns_shapes(shapes_dir):
         f"{before:.3f} -> {after:.3f}, {time.time() - start:.0f} s")
   assert np.all(np.isfinite(losses))
   assert losses[-10:].mean() < 0.75 * losses[:5].mean()
-  assert after > 0.19 and after > before + 0.1
+  assert after > 0.19 and after > before + 0.1  # measured 0.012 -> 0.221

@@ -287,4 +287,4 @@ def test_two_path_cnn_learns_shapes_from_sampled_patches(shapes_dir):
   # Class-balanced patches make the classifier over-predict the shapes (the paper's first phase;
   # its second phase re-trains the output layer on the true distribution), so the gain shows in
   # the shapes' IoUs while the background IoU stays below an all-background prediction's.
-  assert after > 0.13 and after > before + 0.08
+  assert after > 0.13 and after > before + 0.08  # measured 0.052 -> 0.165
