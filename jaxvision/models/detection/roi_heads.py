@@ -8,10 +8,10 @@ The second stage of a two-stage detector, shared by ``fast_rcnn.py`` (external p
 1. **RoI sampling** (Fast R-CNN Sec. 2.3, ``sample_training_rois``): the gt boxes are appended to
    the proposals, every candidate is labelled by IoU with the gt
    (``jaxvision.ops.sampling.label_rois``): foreground ``>= 0.5`` (the matched gt's class),
-   background in ``[bg_iou_low, 0.5)``, the rest ignored; then ``batch_size_per_image`` RoIs are drawn, up to 25% foreground
-   (``jaxvision.ops.sampling.sample_rois``). Fast R-CNN: 64 RoIs per image, 2 images per mini-batch,
-   background in ``[0.1, 0.5)``; Faster R-CNN as in torchvision/Detectron: 512 per image,
-   background in ``[0, 0.5)``.
+   background in ``[bg_iou_low, 0.5)``, the rest ignored; then ``batch_size_per_image`` RoIs are
+   drawn, up to 25% foreground (``jaxvision.ops.sampling.sample_rois``). Fast R-CNN: 64 RoIs per
+   image, 2 images per mini-batch, background in ``[0.1, 0.5)``; Faster R-CNN as in
+   torchvision/Detectron: 512 per image, background in ``[0, 0.5)``.
 2. **RoI feature extraction** (``pool_rois``): RoIPool (Fast R-CNN Sec. 2.1: max over an ``H x W``
    grid of sub-windows, ``jaxvision.ops.roi.roi_pool``) or RoIAlign (Mask R-CNN's bilinear sampling,
    ``roi_align``), 7x7 (14x14 in front of a ResNet ``res5`` head, C4). With FPN each RoI is pooled
