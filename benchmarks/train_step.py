@@ -1,0 +1,240 @@
+"""Training images/s and inference latency: jaxvision families vs torchvision models, side by side.
+
+For each pair, both sides get the same batch size, resolution and number of classes, random weights,
+and random inputs/targets; the jaxvision train step is ``jit(value_and_grad(family.train_loss))``
+plus an SGD update (the loop's step minus data parallelism), torchvision's is ``loss.backward()`` plus
+``optimizer.step()`` on the same optimizer. Inference is ``jit(family.predict)`` (including
+post-processing: NMS, fixed detections) vs ``model.eval()(images)``. Timings are interleaved
+(``_common.time_interleaved``); results print as one JSON line per (pair, mode) with
+``ratio = torchvision_ms / jaxvision_ms`` (> 1: jaxvision faster), versions and device.
+
+    python benchmarks/train_step.py --list
+    python benchmarks/train_step.py --pairs deeplabv3_resnet50 --batch 2 --size 512
+    python benchmarks/train_step.py --pairs all --repeats 5
+
+Needs torch + torchvision in the environment (never a jaxvision dependency). On a GPU machine both
+sides run on the GPU (torch on ``cuda``). Results are recorded in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import _common  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  name: str
+  task: str  # "segmentation" | "detection" | "instance_segmentation"
+  torchvision: str  # torchvision.models(.segmentation|.detection) constructor name
+  jaxvision: Callable[[int], Any]  # num_classes -> ml_collections config (model + data sections)
+  num_classes: int  # segmentation: label classes; detection: foreground classes K
+
+
+def _config(task: str, model: dict[str, Any], size: int, max_boxes: int = 16):
+  from configs.common import base  # noqa: PLC0415
+
+  c = base.base_config()
+  c.task = task
+  c.data.image_size = (size, size)
+  c.data.max_boxes = max_boxes
+  c.data.keep_masks = task == "instance_segmentation"
+  for k, v in model.items():
+    c.model[k] = v
+  return c
+
+
+PAIRS: dict[str, Callable[[int], Pair]] = {}
+
+
+def _register(name, task, tv_name, model_cfg, num_classes):
+  PAIRS[name] = lambda size: Pair(name, task, tv_name,
+                                  lambda size=size: _config(task, model_cfg, size), num_classes)
+
+
+# Segmentation: torchvision's models are dilated ResNet-50 (output stride 8) with an FCN head or
+# DeepLabV3's ASPP head, no auxiliary classifier.
+_register("deeplabv3_resnet50", "segmentation", "deeplabv3_resnet50",
+          {"name": "deeplab", "backbone": "resnet50", "output_stride": 8}, 21)
+
+
+def _torch_model(pair: Pair, device):
+  import torchvision  # noqa: PLC0415
+
+  if pair.task == "segmentation":
+    ctor = getattr(torchvision.models.segmentation, pair.torchvision)
+    model = ctor(weights=None, weights_backbone=None, num_classes=pair.num_classes, aux_loss=False)
+  else:
+    ctor = getattr(torchvision.models.detection, pair.torchvision)
+    model = ctor(weights=None, weights_backbone=None, num_classes=pair.num_classes + 1)
+  return model.to(device)
+
+
+def _torch_targets(pair: Pair, batch, device):
+  import torch  # noqa: PLC0415
+
+  if pair.task == "segmentation":
+    return torch.from_numpy(batch["segmentation"]).long().to(device)
+  targets = []
+  for i in range(batch["image"].shape[0]):
+    v = batch["box_valid"][i]
+    t = {"boxes": torch.from_numpy(batch["boxes"][i][v]).to(device),
+         "labels": torch.from_numpy(batch["labels"][i][v]).long().to(device)}
+    if pair.task == "instance_segmentation":
+      t["masks"] = torch.from_numpy(batch["masks"][i][v].astype(np.uint8)).to(device)
+    targets.append(t)
+  return targets
+
+
+def _random_batch(config, batch_size: int, num_classes: int, rng) -> dict[str, np.ndarray]:
+  from jaxvision.train import loop  # noqa: PLC0415
+
+  b = loop.example_batch(config, batch_size)
+  h, w = b["image"].shape[1:3]
+  b["image"] = rng.normal(size=b["image"].shape).astype(np.float32)
+  b["segmentation"] = rng.integers(0, num_classes, (batch_size, h, w)).astype(np.int32)
+  m = b["boxes"].shape[1]
+  n = m // 2
+  xy = rng.uniform(0, min(h, w) * 0.6, (batch_size, m, 2))
+  wh = rng.uniform(16, min(h, w) * 0.4, (batch_size, m, 2))
+  b["boxes"] = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  b["box_valid"] = np.arange(m)[None].repeat(batch_size, 0) < n
+  b["labels"] = np.where(b["box_valid"], rng.integers(1, num_classes + 1, (batch_size, m)), 0
+                         ).astype(np.int32)
+  if "masks" in b:
+    yy, xx = np.mgrid[:b["masks"].shape[2], :b["masks"].shape[3]]
+    s = h // b["masks"].shape[2]
+    bx = b["boxes"] / s
+    b["masks"] = ((xx >= bx[..., 0, None, None]) & (xx < bx[..., 2, None, None]) &
+                  (yy >= bx[..., 1, None, None]) & (yy < bx[..., 3, None, None]) &
+                  b["box_valid"][..., None, None])
+  return b
+
+
+def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("train", "infer")):
+  import jax  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  import torch  # noqa: PLC0415
+
+  from jaxvision.train import loop  # noqa: PLC0415
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  rng = np.random.default_rng(0)
+  config = pair.jaxvision(size)
+  _, family = loop.build_family(config)
+  batch = _random_batch(config, batch_size, pair.num_classes, rng)
+  jbatch = jax.device_put(batch)
+  t0 = time.perf_counter()
+  variables = jax.jit(family.init_variables)(jax.random.PRNGKey(0), jbatch)
+  init_s = time.perf_counter() - t0
+  params = variables["params"]
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  tx = optax.sgd(1e-3, momentum=0.9)
+  opt_state = tx.init(params)
+
+  def jstep(params, rest, opt_state, batch, rng):
+    def lossf(p):
+      loss, _, mutated = family.train_loss({"params": p, **rest}, batch, rng=rng, step=0)
+      return loss, mutated
+
+    (loss, mutated), grads = jax.value_and_grad(lossf, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), {**rest, **mutated}, opt_state, loss
+
+  jstep = jax.jit(jstep, donate_argnums=(0, 1, 2))
+  key = jax.random.PRNGKey(1)
+  state = {"p": params, "r": rest, "o": opt_state}
+
+  def jax_train():
+    state["p"], state["r"], state["o"], loss = jstep(state["p"], state["r"], state["o"], jbatch, key)
+    jax.block_until_ready(loss)
+
+  jpredict = jax.jit(family.predict)
+
+  def jax_infer():
+    jax.block_until_ready(jpredict({"params": state["p"], **state["r"]}, jbatch))
+
+  model = _torch_model(pair, device)
+  images = torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()).to(device)
+  targets = _torch_targets(pair, batch, device)
+  opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+  def torch_train():
+    model.train()
+    opt.zero_grad()
+    if pair.task == "segmentation":
+      out = model(images)["out"]
+      loss = torch.nn.functional.cross_entropy(out, targets, ignore_index=255)
+    else:
+      loss = sum(model(list(images), targets).values())
+    loss.backward()
+    opt.step()
+    sync()
+
+  def torch_infer():
+    model.eval()
+    with torch.no_grad():
+      model(images) if pair.task == "segmentation" else model(list(images))
+    sync()
+
+  results = []
+  env = _common.environment()
+  for mode in modes:
+    fns = ({"jaxvision": jax_train, "torchvision": torch_train} if mode == "train"
+           else {"jaxvision": jax_infer, "torchvision": torch_infer})
+    t0 = time.perf_counter()
+    fns["jaxvision"]()
+    first_s = time.perf_counter() - t0  # compile + first run
+    times = _common.time_interleaved(fns, repeats=repeats, warmup=1)
+    jm, tm = times["jaxvision"]["median_ms"], times["torchvision"]["median_ms"]
+    results.append({
+        "benchmark": "train_step" if mode == "train" else "inference", "pair": pair.name,
+        "torchvision_model": pair.torchvision, "batch": batch_size, "image_hw": [size, size],
+        "num_classes": pair.num_classes, "jaxvision_ms": jm, "torchvision_ms": tm,
+        "jaxvision_images_per_s": round(batch_size / jm * 1e3, 3),
+        "torchvision_images_per_s": round(batch_size / tm * 1e3, 3),
+        "ratio": round(tm / jm, 3), "jaxvision_compile_s": round(first_s, 2),
+        "jaxvision_init_s": round(init_s, 2), "repeats": repeats, "torch_device": device, **env})
+  return results
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--pairs", default="all", help="comma-separated pair names or 'all'")
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--size", type=int, default=512)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--modes", default="train,infer")
+  parser.add_argument("--list", action="store_true")
+  args = parser.parse_args()
+  if args.batch < 2:
+    parser.error("--batch must be >= 2: torchvision's DeepLab/FCN heads use BatchNorm on 1x1 "
+                 "pooled features, which refuses a batch of 1 in training mode")
+  if args.list:
+    print("\n".join(sorted(PAIRS)))
+    return
+  names = sorted(PAIRS) if args.pairs == "all" else args.pairs.split(",")
+  for name in names:
+    if name not in PAIRS:
+      parser.error(f"unknown pair {name!r}; --list shows the pairs")
+    for result in run_pair(PAIRS[name](args.size), batch_size=args.batch, size=args.size,
+                           repeats=args.repeats, modes=tuple(args.modes.split(","))):
+      _common.emit(result)
+
+
+if __name__ == "__main__":
+  main()
