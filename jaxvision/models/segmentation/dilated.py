@@ -47,6 +47,7 @@ from jaxvision.ops.unpool import resize_bilinear
 
 __all__ = ["FrontEnd", "ContextModule", "ContextNet", "make_context_net", "identity_init",
            "receptive_field_from_gradients", "context_receptive_field", "context_num_params",
+           "context_lr_scaled_optimizer",
            "BASIC_DILATIONS", "LARGE_MULTIPLIERS"]
 
 BASIC_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
@@ -285,7 +286,29 @@ def receptive_field_from_gradients(apply_fn: Callable, variables: Any, input_sha
 
 _KEYS = ("width", "fc_features", "fc6_kernel", "norm", "dropout_rate", "context", "dilations",
          "channel_multipliers", "initialization", "init_noise", "aux_frontend", "aux_weight",
-         "class_weights", "axis_name", "dtype")
+         "context_lr_scale", "class_weights", "axis_name", "dtype")
+
+
+def context_lr_scaled_optimizer(scale: float) -> Callable:
+  """``make_optimizer`` for the family: ``config.optim``'s optimizer with the context module's
+  updates multiplied by ``scale``.
+
+  With Adam every weight moves by about the learning rate per step whatever its gradient, so the
+  identity-initialised module drifts from the identity as fast as the front-end's weights change,
+  and seven stacked layers compound the drift; a smaller step for the module keeps it near its
+  initialisation while the front-end learns (the paper trains the front-end first, then the module).
+  """
+  def make_optimizer(optim_config, total_steps):
+    import optax  # noqa: PLC0415
+
+    from jaxvision.train import optim as optim_lib  # noqa: PLC0415
+
+    def is_context(params):
+      return {k: jax.tree.map(lambda _, c=(k == "context"): c, v) for k, v in params.items()}
+
+    return optax.chain(optim_lib.make_optimizer(optim_config, total_steps),
+                       optax.masked(optax.scale(scale), is_context))
+  return make_optimizer
 
 
 def make_context_net(model_config: Any, num_classes: int) -> Family:
@@ -294,8 +317,9 @@ def make_context_net(model_config: Any, num_classes: int) -> Family:
   Keys (all optional): front-end ``width`` (64), ``fc_features`` (4096), ``fc6_kernel`` (7),
   ``norm`` (None | "batch"), ``dropout_rate`` (0.5); ``context`` ("basic" | "large" | "none"),
   ``dilations`` (``BASIC_DILATIONS``), ``channel_multipliers`` (overrides "large"'s),
-  ``initialization`` ("identity" | "random"), ``init_noise`` (1e-3), ``aux_frontend`` (False), ``aux_weight`` (0.4),
-  ``class_weights``, ``axis_name``, ``dtype``.
+  ``initialization`` ("identity" | "random"), ``init_noise`` (1e-3), ``aux_frontend`` (False),
+  ``aux_weight`` (0.4), ``context_lr_scale`` (1.0: the module's updates relative to the rest, see
+  ``context_lr_scaled_optimizer``), ``class_weights``, ``axis_name``, ``dtype``.
   """
   cfg = as_dict(model_config)
   check_keys(cfg, _KEYS, "context")
@@ -320,5 +344,8 @@ def make_context_net(model_config: Any, num_classes: int) -> Family:
                             init_noise=float(cfg.get("init_noise", 1e-3)), dtype=dtype)
   module = ContextNet(num_classes=num_classes, frontend=frontend, context=context,
                       aux_frontend=bool(cfg.get("aux_frontend", False)))
+  scale = float(cfg.get("context_lr_scale", 1.0))
   return pixel_softmax_family(module, num_classes, class_weights=cfg.get("class_weights"),
-                              aux_weight=float(cfg.get("aux_weight", 0.4)))
+                              aux_weight=float(cfg.get("aux_weight", 0.4)),
+                              make_optimizer=(context_lr_scaled_optimizer(scale)
+                                              if scale != 1.0 and context is not None else None))

@@ -299,8 +299,8 @@ def _class_weights(value, num_classes: int):
 
 
 def pixel_softmax_family(module: nn.Module, num_classes: int, *, class_weights=None,
-                         aux_weight: float = 0.4,
-                         postprocess: Callable | None = None) -> Family:
+                         aux_weight: float = 0.4, postprocess: Callable | None = None,
+                         make_optimizer: Callable | None = None) -> Family:
   """A segmentation ``Family`` whose loss is the per-pixel softmax cross-entropy.
 
   ``module`` returns ``{"logits": [B, H, W, C]}`` at the labels' size and optionally ``"aux"``
@@ -314,6 +314,7 @@ def pixel_softmax_family(module: nn.Module, num_classes: int, *, class_weights=N
     class_weights: optional ``C`` non-negative floats.
     aux_weight: weight of each auxiliary logits term.
     postprocess: ``outputs -> [B, H, W] int32`` (default argmax of ``logits``); e.g. a dense CRF.
+    make_optimizer: optional ``(optim_config, total_steps) -> optax`` override (see ``Family``).
   """
   weights = _class_weights(class_weights, num_classes)
 
@@ -346,7 +347,8 @@ def pixel_softmax_family(module: nn.Module, num_classes: int, *, class_weights=N
     return total, terms
 
   return segmentation_family(module, num_classes=num_classes, loss=loss,
-                             loss_normalizer=loss_normalizer, postprocess=postprocess)
+                             loss_normalizer=loss_normalizer, postprocess=postprocess,
+                             make_optimizer=make_optimizer)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def test_head_init(activation):
   np.testing.assert_allclose(p["cls_logits"]["bias"], -math.log(99.0), rtol=1e-6)
   assert float(p["scale_P3"]) == 1.0 and float(p["scale_P4"]) == 1.0
   assert "norm" in p["cls_tower"]["conv0"]  # GroupNorm in the towers
-  out = head.apply(variables, feats)
+  apply = jax.jit(head.apply)
+  out = apply(variables, feats)
   np.testing.assert_allclose(jax.nn.sigmoid(out["P3"]["cls_logits"]), 0.01, rtol=1e-5)
   assert out["P3"]["ltrb"].shape == (1, 4, 4, 4) and out["P4"]["centerness"].shape == (1, 2, 2, 1)
   # Zero input: raw regression 0 -> exp gives 1 (pixel), relu gives 0.
@@ -65,8 +66,8 @@ def test_head_init(activation):
   x = jax.random.normal(_key(1), (1, 2, 2, 32))
   v2 = jax.tree.map(lambda a: a, variables)
   v2["params"]["scale_P4"] = jnp.asarray(2.0)
-  a = head.apply(variables, {"P3": x, "P4": x})
-  b = head.apply(v2, {"P3": x, "P4": x})
+  a = apply(variables, {"P3": x, "P4": x})
+  b = apply(v2, {"P3": x, "P4": x})
   if activation == "exp":
     np.testing.assert_allclose(b["P4"]["ltrb"], a["P4"]["ltrb"]**2, rtol=1e-5)
   else:
@@ -332,11 +333,11 @@ SMALL_FCOS = dict(backbone="resnet18", backbone_args=dict(width=8, norm="batch")
 
 @pytest.mark.slow
 def test_small_fcos_learns_shapes(shapes_dir):
-  # Measured 2026-11-21 on the shared 2-core CPU under heavy load (load average ~18): loss
-  # 2.81 -> 1.42, val mAP@0.5 0.000 -> 0.124
-  # after 300 steps of batch 8; 150 steps took ~90 s under that load, the whole test ~4.5 min with
-  # compilation, two evaluations of 100 images and data loading. Trained from scratch, mAP only
-  # starts to rise after a few hundred steps; the full config reaches 0.62 after 1500 x 16.
+  # Measured 2026-11-21 on the shared 2-core CPU under heavy load (load average 12-18): loss
+  # 2.81 -> 1.42, val mAP@0.5 0.000 -> 0.124 and 0.128 (two runs) after 300 steps of batch 8; the
+  # test body took 208 s under that load (compilation, two evaluations of 100 images, data loading
+  # included). Trained from scratch, mAP only starts to rise after a few hundred steps; the full
+  # shapes config reaches 0.62 after 1500 steps of batch 16.
   start = time.time()
   losses, before, after = train_on_shapes(SMALL_FCOS, steps=300, lr=3e-3, data_dir=shapes_dir,
                                           family_name="fcos")

@@ -483,11 +483,11 @@ SMALL_RETINANET = dict(backbone="resnet18", backbone_args=dict(width=8, norm="ba
 
 @pytest.mark.slow
 def test_small_retinanet_learns_shapes(shapes_dir):
-  # Measured 2026-11-21 on the shared 2-core CPU under heavy load (load average ~18): loss
-  # 1.65 -> 0.73, val mAP@0.5 0.000 -> 0.095
-  # after 300 steps of batch 8; 150 steps took ~90 s under that load, the whole test ~4.5 min with
-  # compilation, two evaluations of 100 images and data loading. Trained from scratch, mAP only
-  # starts to rise after a few hundred steps; the full config reaches 0.46 after 1500 x 16.
+  # Measured 2026-11-21 on the shared 2-core CPU under heavy load (load average 12-18): loss
+  # 1.65 -> 0.73, val mAP@0.5 0.000 -> 0.095 and 0.103 (two runs) after 300 steps of batch 8; the
+  # test body took 139 s under that load (compilation, two evaluations of 100 images, data loading
+  # included). Trained from scratch, mAP only starts to rise after a few hundred steps; the full
+  # shapes config reaches 0.46 after 1500 steps of batch 16.
   start = time.time()
   losses, before, after = train_on_shapes(SMALL_RETINANET, steps=300, lr=3e-3, data_dir=shapes_dir)
   loss_before, loss_after = np.mean(losses[:5]), np.mean(losses[-10:])

@@ -165,9 +165,9 @@ def test_config_errors():
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-# Learning-test budget (slow test): STEPS steps of BATCH shapes images (batch 4 x 600 steps learnt
-# faster than 8 x 300 for the same compute); MIN_MIOU is set below the measured value.
-STEPS, BATCH, MIN_MIOU = 600, 4, 0.2
+# Learning-test budget (slow test): STEPS steps of BATCH shapes images. Measured with this test on
+# the shared 2-core CPU: val mIoU 0.009 -> 0.225, loss 2.24 -> 0.89, 65 s CPU time (132 s wall).
+STEPS, BATCH, MIN_MIOU = 600, 4, 0.19
 
 
 def load_config(name: str):
