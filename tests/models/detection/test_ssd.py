@@ -169,6 +169,8 @@ def test_ssd_learns_shapes(mining):
   first, last, map0, map1 = H.learn_shapes(config, steps=300)
   print(f"ssd (mining={mining}): loss {first:.3f} -> {last:.3f}, mAP@0.5 {map0:.4f} -> "
         f"{map1:.4f}, {time.time() - t0:.0f} s")
+  # Measured (300 steps, shared 2-core CPU at load ~5-10): mining on: loss 15.3 -> 4.2, mAP 0.000
+  # -> 0.243 (101 s); mining off: loss 161 -> 4.0, mAP 0.000 -> 0.307 (99 s).
   assert last < 0.6 * first
   assert map0 < 0.02
-  assert map1 > (0.15 if mining else 0.02)
+  assert map1 > 0.15
