@@ -10,8 +10,9 @@ Model:     ResNet-18 at 1/8 width (8..64 channels) with output stride 8 (stages 
            the rates are scaled by the same 1/4. 1x1 classifier, bilinear upsampling, square roots
            of the median-frequency class weights. The paper's network: model.backbone="resnet101",
            model.width=64, model.aspp_features=256, model.rates=None (by output stride).
-Expected:  not measured yet with this command (see tests/models/segmentation/test_deeplab.py for a
-           short measured run).
+Expected:  not measured yet with this command (2000 steps). The learning test
+           (tests/models/segmentation/test_deeplab.py: this config, 600 steps of 4 images, one
+           device) measured val mIoU 0.225 on the shared 2-core CPU (width 16: 0.237).
 """
 
 from configs.common import backbones, base

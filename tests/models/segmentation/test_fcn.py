@@ -25,8 +25,9 @@ from jaxvision.ops.unpool import resize_bilinear
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 # Learning-test budget (slow test): STEPS steps of BATCH shapes images (4 x 600 learnt faster than
 # 8 x 300 for the same compute: val mIoU 0.286 vs 0.255). Measured with this test on the shared
-# 2-core CPU: mIoU 0.143 -> 0.277, loss 1.72 -> 0.79, 103 s CPU time (272 s wall under load).
-STEPS, BATCH, MIN_MIOU = 600, 4, 0.22
+# 2-core CPU: mIoU 0.143 -> 0.277, loss 1.72 -> 0.79, 103 s CPU time (272 s wall under load);
+# the training loop's run of the same budget (benchmarks/fcn_variants_shapes.py) reached 0.242.
+STEPS, BATCH, MIN_MIOU = 600, 4, 0.21
 
 
 def _paper_vgg(**kw):
