@@ -39,5 +39,17 @@ def fixture_npz():
   return load
 
 
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+  """The built-in shapes dataset (train and validation splits), prepared once per test process:
+  in ``$JAXVISION_DATA_DIR`` when it is set (and then reused across runs), else in a temporary
+  directory."""
+  from jaxvision.data import shapes  # noqa: PLC0415
+
+  data_dir = os.environ.get(shapes.DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
+  shapes.prepare_shapes(data_dir, splits=["train", "validation"])
+  return data_dir
+
+
 def test_devices_available():
   assert jax.device_count() == 8, jax.devices()

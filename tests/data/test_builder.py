@@ -31,7 +31,7 @@ def _config(data_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
+def tiny_shapes_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds")
   pipeline.shapes_source("tiny", str(d))  # prepare once
   return d
@@ -43,21 +43,21 @@ def _equal(a, b):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_same_batches_whatever_the_worker_count(shapes_dir):
+def test_same_batches_whatever_the_worker_count(tiny_shapes_dir):
   # Starting worker processes takes seconds (spawn + imports), so this test starts them once:
   # training resumed at step 1 with 2 workers must give batches 1..5 of the in-process pipeline.
-  data = _config(shapes_dir, keep_masks=True, mask_stride=4)
+  data = _config(tiny_shapes_dir, keep_masks=True, mask_stride=4)
   reference = builder.make_split(data, train=True)
   expected = [reference[i] for i in range(1, 6)]  # 16 examples / 4 = 4 batches per epoch
   for workers, prefetch in ((0, 0), (0, 3), (2, 2)):
-    data = _config(shapes_dir, keep_masks=True, mask_stride=4, worker_count=workers,
+    data = _config(tiny_shapes_dir, keep_masks=True, mask_stride=4, worker_count=workers,
                    prefetch=prefetch)
     with contextlib.closing(iter(builder.make_loader(data, train=True, start_step=1))) as it:
       got = [next(it) for _ in range(5)]
     for a, b in zip(expected, got):
       _equal(a, b)
   # Evaluation (in process here; with workers in the COCO test): one pass per iter().
-  loader = builder.make_loader(_config(shapes_dir), train=False)
+  loader = builder.make_loader(_config(tiny_shapes_dir), train=False)
   first, second = list(loader), list(loader)
   assert len(first) == len(second) == 3  # 16 = 6 + 6 + 4
   for a, b in zip(first, second):
@@ -240,12 +240,12 @@ def test_coco_json_config_errors(tmp_path):
     builder.make_split(data, train=False)
 
 
-def test_identity_fast_path_changes_nothing(shapes_dir, monkeypatch):
+def test_identity_fast_path_changes_nothing(tiny_shapes_dir, monkeypatch):
   """transforms skip resampling at scale 1 and padding to the same size; outputs must not change."""
   from jaxvision.data import transforms as T
 
-  source, _ = pipeline.shapes_source("tiny", str(shapes_dir))
-  data = _config(shapes_dir, keep_masks=True, image_size=(128, 128))
+  source, _ = pipeline.shapes_source("tiny", str(tiny_shapes_dir))
+  data = _config(tiny_shapes_dir, keep_masks=True, image_size=(128, 128))
   # A box sticking out of the image, and a degenerate one: clipped / dropped on both paths.
   ex = {"image": np.zeros((4, 6, 3), np.uint8), "labels": [1, 2],
         "boxes": np.array([[-1, 1, 7, 3], [2, 2, 2, 3]], np.float32)}
@@ -267,3 +267,30 @@ def test_identity_fast_path_changes_nothing(shapes_dir, monkeypatch):
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
       assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype, k
   np.testing.assert_array_equal(fast[-1]["boxes"], [[0, 1, 6, 3]])
+
+
+def test_shapes_proposals_join_the_batch(tiny_shapes_dir):
+  from jaxvision.data import proposals  # noqa: PLC0415
+  from jaxvision.ops import boxes as box_ops  # noqa: PLC0415
+
+  train = builder.make_split(_config(tiny_shapes_dir, proposals="shapes", max_proposals=300),
+                             train=True)[0]
+  assert train["proposals"].shape == (4, 300, 4) and train["proposals_valid"].shape == (4, 300)
+  assert train["proposals"].dtype == np.float32 and train["proposals_valid"].dtype == bool
+  for props, valid, gt, gt_valid in zip(train["proposals"], train["proposals_valid"],
+                                        train["boxes"], train["box_valid"]):
+    props, gt = props[valid], gt[gt_valid]
+    assert np.all((props >= 0) & (props <= 64)) and np.all(props[:, 2:] > props[:, :2])
+    if len(gt):  # jittered copies of every gt box come first: each box has a proposal at IoU >= 0.5
+      iou = np.asarray(box_ops.box_iou(gt, props))
+      assert np.all(iou.max(axis=1) >= 0.5), iou.max(axis=1)
+  # Evaluation: exactly the dense windows of the 64 x 64 input, never the ground truth.
+  val = builder.make_split(_config(tiny_shapes_dir, proposals="shapes", max_proposals=300),
+                           train=False)[0]
+  windows = proposals.sliding_windows((64, 64))
+  for props, valid in zip(val["proposals"], val["proposals_valid"]):
+    np.testing.assert_array_equal(props[valid], windows[:300])
+  # Without the key there are no proposals; a bad value names the key.
+  assert "proposals" not in builder.make_split(_config(tiny_shapes_dir), train=True)[0]
+  with pytest.raises(ValueError, match="config.data.proposals"):
+    builder.make_transform(_config(tiny_shapes_dir, proposals="selective_search"), train=True)

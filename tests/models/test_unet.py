@@ -4,7 +4,6 @@ family glue, and a learning test on the shapes dataset (slow)."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import chex
@@ -416,16 +415,6 @@ def test_family_class_weights_give_the_weighted_mean():
 def _decode_image_and_labels(record):
   return {"image": np.asarray(record["image"], np.uint8),
           "segmentation": np.asarray(record["segmentation"], np.int32)}
-
-
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory):
-  """``$JAXVISION_DATA_DIR`` if set (prepared once, reused), else a fresh temporary directory."""
-  from jaxvision.data import shapes  # noqa: PLC0415
-
-  data_dir = os.environ.get(shapes.DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
-  shapes.prepare_shapes(data_dir, splits=["train", "validation"])  # one preparation for both
-  return data_dir
 
 
 @pytest.mark.slow

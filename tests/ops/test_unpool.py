@@ -147,7 +147,7 @@ def test_resize_bilinear_matches_torch(fixture_npz, align_corners):
   assert worst < 1e-5
   # Downsampling really is torch's (no antialiasing), i.e. not jax.image.resize.
   ref = jax.image.resize(x, (2, 3, 4, 3), method="bilinear")
-  assert not np.allclose(ref, f[f"bilinear_3x4_ac0_y"], atol=1e-3)
+  assert not np.allclose(ref, f["bilinear_3x4_ac0_y"], atol=1e-3)
   key = f"bilinear_x2_7x49_ac{int(align_corners)}_y"
   np.testing.assert_allclose(
       unpool.resize_bilinear(f["x2"][0], (7, 49), align_corners=align_corners), f[key][0],

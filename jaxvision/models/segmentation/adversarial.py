@@ -62,6 +62,7 @@ import optax
 from jaxvision.losses import (cross_entropy_normalizer, discriminator_loss,
                               generator_adversarial_loss, softmax_cross_entropy)
 from jaxvision.models.family import Family
+from jaxvision.models.segmentation._common import as_dict
 from jaxvision.models.segmentation.unet import IGNORE_LABEL, UNet
 
 __all__ = ["Discriminator", "AdversarialSegmenter", "AlternatingState", "alternating",
@@ -249,17 +250,6 @@ _OTHER_KEYS = ("adv_weight", "adv_mode", "gt_encoding", "gt_tau", "discriminator
                "class_weights", "name")
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-  if config is None:
-    return {}
-  if hasattr(config, "to_dict"):
-    return dict(config.to_dict())
-  if isinstance(config, Mapping):
-    return dict(config)
-  raise TypeError(f"model_config must be an ml_collections.ConfigDict or a dict, got "
-                  f"{type(config).__name__}.")
-
-
 def _gate(tree, on):
   """Same values; the gradient passes only where ``on`` is 1 (``on`` is a traced 0./1.)."""
   return jax.tree.map(lambda p: on * p + (1.0 - on) * jax.lax.stop_gradient(p), tree)
@@ -278,7 +268,7 @@ def make_adversarial(model_config: Any, num_classes: int) -> Family:
   The family's ``make_optimizer`` is ``make_adversarial_optimizer``; ``init`` creates both players;
   ``predict`` runs the segmentor only.
   """
-  cfg = _as_dict(model_config)
+  cfg = as_dict(model_config)
   unknown = sorted(set(cfg) - set(_SEG_KEYS) - set(_DISC_KEYS) - set(_OTHER_KEYS))
   if unknown:
     raise ValueError(f"unknown adversarial model config keys {unknown}; known keys: "

@@ -28,7 +28,7 @@ pixel-wise cross-entropy of ``Q`` (``unary_loss_weight`` optionally adds the CNN
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,6 +38,7 @@ import numpy as np
 from jaxvision.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
 from jaxvision.models.family import Family, segmentation_family
+from jaxvision.models.segmentation._common import as_dict
 from jaxvision.models.segmentation.unet import IGNORE_LABEL, UNet
 from jaxvision.ops import crf as crf_ops
 
@@ -134,17 +135,6 @@ _CRF_KEYS = ("num_iters", "eval_num_iters", "sigma_alpha", "sigma_beta", "sigma_
 _OTHER_KEYS = ("image_mean", "image_std", "unary_loss_weight", "class_weights", "name")
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-  if config is None:
-    return {}
-  if hasattr(config, "to_dict"):
-    return dict(config.to_dict())
-  if isinstance(config, Mapping):
-    return dict(config)
-  raise TypeError(f"model_config must be an ml_collections.ConfigDict or a dict, got "
-                  f"{type(config).__name__}.")
-
-
 def make_crf_rnn(model_config: Any, num_classes: int) -> Family:
   """The CRF-as-RNN family (``MODELS["crf_rnn"]``).
 
@@ -157,7 +147,7 @@ def make_crf_rnn(model_config: Any, num_classes: int) -> Family:
   ``unary_loss_weight`` (0: the loss is the CRF output's cross-entropy only); ``class_weights``
   (``C`` cross-entropy weights).
   """
-  cfg = _as_dict(model_config)
+  cfg = as_dict(model_config)
   unknown = sorted(set(cfg) - set(_CNN_KEYS) - set(_CRF_KEYS) - set(_OTHER_KEYS))
   if unknown:
     raise ValueError(f"unknown crf_rnn model config keys {unknown}; known keys: "

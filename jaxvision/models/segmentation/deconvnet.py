@@ -42,9 +42,10 @@ from jaxvision.models.family import Family, segmentation_family
 from jaxvision.models.layers.conv import ConvNormAct
 from jaxvision.models.layers.upsample import (UPSAMPLE_METHODS, Upsample2x, max_pool_2x2,
                                               max_pool_2x2_with_argmax)
-from jaxvision.models.segmentation.segnet import (check_image, check_positive_ints,
-                                                  cross_entropy_pieces, he_init, make_norm,
-                                                  parse_model_config)
+from jaxvision.models.layers.norm import make_norm
+from jaxvision.models.segmentation._common import (check_image, check_positive_ints,
+                                                   cross_entropy_pieces, he_init,
+                                                   parse_model_config)
 
 __all__ = ["DeconvNet", "DeconvNetPaper", "DeconvNetTiny", "make_deconvnet",
            "deconvnet_min_input_size"]

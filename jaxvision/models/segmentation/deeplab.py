@@ -41,7 +41,7 @@ from jaxvision.models.family import Family
 from jaxvision.models.layers.aspp import ASPP
 from jaxvision.models.layers.conv import ConvNormAct
 from jaxvision.models.layers.norm import make_norm
-from jaxvision.models.segmentation.fcn import as_dict, check_keys, pixel_softmax_family
+from jaxvision.models.segmentation._common import as_dict, check_keys, pixel_softmax_family
 from jaxvision.ops.unpool import resize_bilinear
 
 __all__ = ["DeepLab", "make_deeplab", "deeplab_family", "default_rates", "HEADS"]

@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxvision.models.family import Family
 from jaxvision.models.layers.norm import make_norm
-from jaxvision.models.segmentation.fcn import as_dict, check_keys, pixel_softmax_family
+from jaxvision.models.segmentation._common import as_dict, check_keys, pixel_softmax_family
 from jaxvision.ops.unpool import resize_bilinear
 
 __all__ = ["FrontEnd", "ContextModule", "ContextNet", "make_context_net", "identity_init",

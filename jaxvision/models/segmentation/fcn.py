@@ -41,30 +41,29 @@ Either way the output is ``{"logits": [B, H, W, C]}`` at the input's size.
 Backbone width: ``width`` (64 in the paper) and ``fc_features`` (4096) shrink the network for CPU
 experiments; ``norm="batch"`` (vgg16_bn; not in the paper) lets a small network train from scratch.
 
-This file also has ``pixel_softmax_family``, the per-pixel softmax cross-entropy ``Family`` glue that
-the FCN, DeepLab and context-module families share.
+The per-pixel softmax cross-entropy ``Family`` glue (``pixel_softmax_family``), shared with DeepLab
+and the context module, is in ``_common.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
 from jaxvision.models.backbones.vgg import VGG16
-from jaxvision.models.family import Family, segmentation_family
+from jaxvision.models.family import Family
+from jaxvision.models.segmentation._common import (as_dict, check_keys,
+                                                   pixel_softmax_family)
 from jaxvision.ops.unpool import bilinear_kernel
 
 __all__ = ["FCN", "make_fcn", "coordinate_maps", "vgg_coordinate_maps", "CoordMap",
            "fcn_crop_offsets", "pixel_softmax_family", "as_dict", "VARIANTS", "ALIGNMENTS"]
 
-IGNORE_LABEL = 255
 VARIANTS = ("32s", "16s", "8s")
 ALIGNMENTS = ("same", "paper")
 AT_ONCE_SCALES = {"pool4": 0.01, "pool3": 1e-4}
@@ -262,93 +261,6 @@ class _FixedUpsample(nn.Module):
     kernel = bilinear_kernel(k, self.features, self.dtype)
     return jax.lax.conv_transpose(x.astype(self.dtype), kernel, (self.factor, self.factor), "VALID",
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Family glue (shared by fcn, deeplab and dilated)
-# ------------------------------------------------------------------------------------------------
-
-
-def as_dict(config: Any) -> dict[str, Any]:
-  """A model config section (``ml_collections.ConfigDict``, dict or None) as a plain dict."""
-  if config is None:
-    return {}
-  if hasattr(config, "to_dict"):
-    return dict(config.to_dict())
-  if isinstance(config, Mapping):
-    return dict(config)
-  raise TypeError(f"model_config must be an ml_collections.ConfigDict or a dict, got "
-                  f"{type(config).__name__}.")
-
-
-def check_keys(cfg: Mapping[str, Any], known: tuple[str, ...], family: str) -> None:
-  unknown = sorted(set(cfg) - set(known) - {"name"})
-  if unknown:
-    raise ValueError(f"unknown {family} model config keys {unknown}; known keys: "
-                     f"{sorted(set(known) | {'name'})}.")
-
-
-def _class_weights(value, num_classes: int):
-  if value is None:
-    return None
-  w = np.asarray(value, np.float32)
-  if w.shape != (num_classes,) or np.any(w < 0):
-    raise ValueError(f"model.class_weights must be {num_classes} non-negative floats (one per "
-                     f"class), got {value!r}.")
-  return w
-
-
-def pixel_softmax_family(module: nn.Module, num_classes: int, *, class_weights=None,
-                         aux_weight: float = 0.4, postprocess: Callable | None = None,
-                         make_optimizer: Callable | None = None) -> Family:
-  """A segmentation ``Family`` whose loss is the per-pixel softmax cross-entropy.
-
-  ``module`` returns ``{"logits": [B, H, W, C]}`` at the labels' size and optionally ``"aux"``
-  (logits of the same shape, or a list of them), each added with weight ``aux_weight``. The loss is
-  PyTorch's ``F.cross_entropy(..., ignore_index=255, weight=class_weights)`` mean over all
-  devices' labelled pixels (the normalizer is ``psum``-ed by the ``Family``).
-
-  Args:
-    module: the linen module.
-    num_classes: ``C``.
-    class_weights: optional ``C`` non-negative floats.
-    aux_weight: weight of each auxiliary logits term.
-    postprocess: ``outputs -> [B, H, W] int32`` (default argmax of ``logits``); e.g. a dense CRF.
-    make_optimizer: optional ``(optim_config, total_steps) -> optax`` override (see ``Family``).
-  """
-  weights = _class_weights(class_weights, num_classes)
-
-  def loss_normalizer(outputs, batch):
-    del outputs
-    return cross_entropy_normalizer(batch["segmentation"], num_classes=num_classes,
-                                    ignore_label=IGNORE_LABEL, class_weights=weights)
-
-  def loss(outputs, batch, *, normalizer=None):
-    labels = batch["segmentation"]  # (B, H, W)
-    logits = outputs["logits"]  # (B, H, W, C)
-    if logits.shape[1:3] != labels.shape[1:3]:
-      raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in "
-                       "size; the module must return logits at the input's size.")
-    if normalizer is None:
-      normalizer = loss_normalizer(outputs, batch)
-    denom = jnp.maximum(normalizer, 1e-6)
-    ce = jnp.sum(softmax_cross_entropy(logits, labels, ignore_label=IGNORE_LABEL,
-                                       class_weights=weights)) / denom
-    terms = {"cross_entropy": ce}
-    total = ce
-    aux = outputs.get("aux")
-    if aux is not None:
-      aux = aux if isinstance(aux, (list, tuple)) else [aux]
-      for i, a in enumerate(aux):
-        t = jnp.sum(softmax_cross_entropy(a, labels, ignore_label=IGNORE_LABEL,
-                                          class_weights=weights)) / denom
-        terms[f"aux_cross_entropy_{i}"] = t
-        total = total + aux_weight * t
-    return total, terms
-
-  return segmentation_family(module, num_classes=num_classes, loss=loss,
-                             loss_normalizer=loss_normalizer, postprocess=postprocess,
-                             make_optimizer=make_optimizer)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -50,10 +50,10 @@ import jax.numpy as jnp
 
 from jaxvision.losses import cross_entropy_normalizer
 from jaxvision.models.family import Family
-from jaxvision.models.segmentation.segnet import (IGNORE_LABEL, check_class_weights, check_image,
-                                                  check_positive_ints,
-                                                  cross_entropy_pieces, he_init,
-                                                  parse_model_config)
+from jaxvision.models.segmentation._common import (IGNORE_LABEL, check_class_weights,
+                                                   check_image, check_positive_ints,
+                                                   cross_entropy_pieces, he_init,
+                                                   parse_model_config)
 
 __all__ = ["maxout", "RowSumConv", "TwoPathCNN", "InputCascadeCNN", "PatchwiseSegmenter",
            "receptive_field", "pad_for_patches", "extract_patches", "sample_patch_centers", "patchwise_scores",

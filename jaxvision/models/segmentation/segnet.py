@@ -24,145 +24,26 @@ Options (not in the paper): ``upsampling`` replaces the index unpooling by anoth
 ``"transposed"``, ``"resize_conv"``, ``"pixel_shuffle"``), the comparison the paper makes with
 its "decoder variants" (Sec. 4.1); ``norm=None`` drops BatchNorm; ``class_weights`` in the family
 (the paper trains with median-frequency balancing, Sec. 3.1).
-
-This file also holds the config/loss glue shared by the encoder-decoder families (DeconvNet,
-stacked hourglass, patch-wise baseline): ``parse_model_config`` and ``cross_entropy_pieces``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
 from jaxvision.models.family import Family, segmentation_family
+from jaxvision.models.layers.norm import make_norm
+from jaxvision.models.segmentation._common import (check_image, check_positive_ints,
+                                                   cross_entropy_pieces, he_init,
+                                                   parse_model_config)
 from jaxvision.models.layers.conv import ConvNormAct
 from jaxvision.models.layers.upsample import (UPSAMPLE_METHODS, Upsample2x, max_pool_2x2,
                                               max_pool_2x2_with_argmax)
 
-__all__ = ["SegNet", "SegNetPaper", "SegNetBasic", "SegNetTiny", "make_segnet",
-           "parse_model_config", "cross_entropy_pieces", "he_init", "make_norm"]
-
-IGNORE_LABEL = 255
-NORMS = (None, "batch")
-
-# He et al. 2015 initialisation (SegNet Sec. 3.1: "initialized using the technique described in
-# He et al.").
-he_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-# ------------------------------------------------------------------------------------------------
-# Shared glue (config parsing, checks, the pixel-wise cross-entropy)
-# ------------------------------------------------------------------------------------------------
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-  if config is None:
-    return {}
-  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
-    return dict(config.to_dict())
-  if isinstance(config, Mapping):
-    return dict(config)
-  raise TypeError(f"model_config must be an ml_collections.ConfigDict or a dict, got "
-                  f"{type(config).__name__}.")
-
-
-def parse_model_config(model_config: Any, *, family: str, module_keys: Sequence[str],
-                       loss_keys: Sequence[str] = (), presets: Mapping[str, Any] | None = None):
-  """Splits ``config.model`` into ``(module_kwargs, loss_config, preset)``, rejecting unknown keys.
-
-  ``name`` is ignored (it selected the family). ``preset`` (if ``presets``) names a module
-  constructor to start from. ``dtype`` given as a string (``"bfloat16"``) becomes a dtype; lists
-  become tuples (ConfigDict round trips give lists).
-
-  Raises:
-    ValueError: an unknown key (the message lists the known ones) or an unknown preset.
-  """
-  cfg = _as_dict(model_config)
-  known = set(module_keys) | set(loss_keys) | {"name"} | ({"preset"} if presets else set())
-  unknown = sorted(set(cfg) - known)
-  if unknown:
-    raise ValueError(f"unknown {family} model config keys {unknown}; known keys: {sorted(known)}.")
-  preset = cfg.get("preset")
-  if presets is not None and preset is not None and preset not in presets:
-    raise ValueError(f"model.preset must be one of {sorted(presets)} or None, got {preset!r}.")
-  kwargs = {k: cfg[k] for k in module_keys if k in cfg}
-  for k, v in kwargs.items():
-    if isinstance(v, list):
-      kwargs[k] = tuple(v)
-  if isinstance(kwargs.get("dtype"), str):
-    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
-  return kwargs, {k: cfg[k] for k in loss_keys if k in cfg}, preset
-
-
-def check_class_weights(class_weights, num_classes: int):
-  """``None`` or a float32 ``[C]`` array of non-negative weights (else ValueError)."""
-  if class_weights is None:
-    return None
-  w = np.asarray(class_weights, np.float32)
-  if w.shape != (num_classes,) or np.any(w < 0):
-    raise ValueError(f"model.class_weights must be {num_classes} non-negative floats (one per "
-                     f"class), got {class_weights!r}.")
-  return w
-
-
-def check_positive_ints(values, name: str, length: int | None = None) -> tuple[int, ...]:
-  values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
-  if (not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
-                        for v in values) or (length is not None and len(values) != length)):
-    what = f"{length} ints >= 1" if length is not None else "a non-empty sequence of ints >= 1"
-    raise ValueError(f"{name} must be {what}, got {values!r}.")
-  return tuple(int(v) for v in values)
-
-
-def check_image(x, what: str):
-  if not hasattr(x, "ndim") or x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"{what}: x must be a float [B, H, W, C] (NHWC) array, got "
-                     f"{getattr(x, 'shape', type(x))} {getattr(x, 'dtype', '')}.")
-
-
-def make_norm(norm: str | None, *, train: bool, axis_name, momentum: float, epsilon: float, dtype):
-  """The BatchNorm constructor for ``norm="batch"``, ``None`` for ``norm=None``."""
-  if norm not in NORMS:
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
-  if norm is None:
-    return None
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
-                           epsilon=epsilon, axis_name=axis_name, dtype=dtype)
-
-
-def cross_entropy_pieces(num_classes: int, class_weights=None, *, logits_key: str = "logits"):
-  """``(loss, loss_normalizer)`` of the pixel-wise softmax cross-entropy on ``outputs[logits_key]``.
-
-  ``loss(outputs, batch, *, normalizer=None) -> (total, {"cross_entropy": total})`` with ``total``
-  = summed per-pixel loss / normalizer; the normalizer is the number of labelled pixels (or their
-  summed class weight: PyTorch's weighted mean). Labels 255 are ignored.
-  """
-  class_weights = check_class_weights(class_weights, num_classes)
-
-  def loss_normalizer(outputs, batch):
-    del outputs
-    return cross_entropy_normalizer(batch["segmentation"], num_classes=num_classes,
-                                    ignore_label=IGNORE_LABEL, class_weights=class_weights)
-
-  def per_pixel(logits, labels):
-    return softmax_cross_entropy(logits, labels, ignore_label=IGNORE_LABEL,
-                                 class_weights=class_weights)  # (B, H, W)
-
-  def loss(outputs, batch, *, normalizer=None):
-    if normalizer is None:
-      normalizer = loss_normalizer(outputs, batch)
-    total = jnp.sum(per_pixel(outputs[logits_key], batch["segmentation"])) / jnp.maximum(
-        normalizer, 1e-6)
-    return total, {"cross_entropy": total}
-
-  loss.per_pixel = per_pixel
-  return loss, loss_normalizer
-
+__all__ = ["SegNet", "SegNetPaper", "SegNetBasic", "SegNetTiny", "make_segnet"]
 
 # ------------------------------------------------------------------------------------------------
 # The network

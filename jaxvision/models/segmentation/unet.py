@@ -59,13 +59,13 @@ import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
 from jaxvision.models.family import Family, segmentation_family
 from jaxvision.models.layers import ConvNormAct, ModuleDef
+from jaxvision.models.segmentation._common import as_dict
 from jaxvision.ops.unpool import pixel_shuffle, resize_bilinear
 
 __all__ = [
@@ -583,17 +583,6 @@ _LOSS_KEYS = ("weight_map", "class_weights")
 _IGNORED_KEYS = ("name", "preset")
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-  if config is None:
-    return {}
-  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
-    return dict(config.to_dict())
-  if isinstance(config, Mapping):
-    return dict(config)
-  raise TypeError(f"model_config must be an ml_collections.ConfigDict or a dict, got "
-                  f"{type(config).__name__}.")
-
-
 def make_unet(model_config: Any, num_classes: int) -> Family:
   """Builds the U-Net family from ``config.model`` (``MODELS["unet"]``).
 
@@ -616,7 +605,7 @@ def make_unet(model_config: Any, num_classes: int) -> Family:
   Raises:
     ValueError: an unknown key or preset (listing the known ones).
   """
-  cfg = _as_dict(model_config)
+  cfg = as_dict(model_config)
   unknown = sorted(set(cfg) - set(_MODULE_KEYS) - set(_LOSS_KEYS) - set(_IGNORED_KEYS))
   if unknown:
     raise ValueError(f"unknown U-Net model config keys {unknown}; known keys: "

@@ -270,18 +270,6 @@ def test_paper_vgg16_eval_shape():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory):
-  """``$JAXVISION_DATA_DIR`` if set (prepared once, reused), else a fresh temporary directory."""
-  import os  # noqa: PLC0415
-
-  from jaxvision.data import shapes  # noqa: PLC0415
-
-  data_dir = os.environ.get(shapes.DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
-  shapes.prepare_shapes(data_dir, splits=["train", "validation"])
-  return data_dir
-
-
 @pytest.mark.slow
 def test_learns_shapes_on_sliding_windows(shapes_dir):
   # Fast R-CNN (ResNet-18 width 8, C4 at stride 8, RoIPool 7x7, 2 FC of 128) on the 770 dense

@@ -6,7 +6,6 @@ test on the shapes dataset (slow)."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import chex
@@ -287,16 +286,6 @@ def test_full_size_resnet50_c4_eval_shape():
 # ------------------------------------------------------------------------------------------------
 # Learning (slow)
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory):
-  """``$JAXVISION_DATA_DIR`` if set (prepared once, reused), else a fresh temporary directory."""
-  from jaxvision.data import shapes  # noqa: PLC0415
-
-  data_dir = os.environ.get(shapes.DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
-  shapes.prepare_shapes(data_dir, splits=["train", "validation"])
-  return data_dir
 
 
 def _voc_map(family, variables, batches, num_classes):

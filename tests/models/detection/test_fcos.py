@@ -28,7 +28,6 @@ if not hasattr(_helpers, "train_on_shapes"):
   _spec.loader.exec_module(_helpers)  # flax dataclasses need the module in sys.modules
 EDGE_CASES, Identity, TinyPyramid = _helpers.EDGE_CASES, _helpers.Identity, _helpers.TinyPyramid
 _batch, _key, train_on_shapes = _helpers._batch, _helpers._key, _helpers.train_on_shapes
-shapes_dir = _helpers.shapes_dir  # the session fixture
 
 K = 5
 _assign = jax.jit(fcos.assign_targets, static_argnames=("center_sampling_radius",))

@@ -5,7 +5,6 @@ shapes via eval_shape, and a learning test on the shapes dataset (slow)."""
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 import sys
 import time
@@ -404,15 +403,6 @@ def test_full_size_r50_fpn_shapes():
   assert preds["boxes"].shape == (b, 100, 4) and preds["valid"].shape == (b, 100)
   loss = jax.eval_shape(lambda v, x: family.train_loss(v, x, rng=None)[0], variables, batch)
   assert loss.shape == ()
-
-
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory):
-  from jaxvision.data import shapes  # noqa: PLC0415
-
-  data_dir = os.environ.get(shapes.DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
-  shapes.prepare_shapes(data_dir, splits=["train", "validation"])
-  return data_dir
 
 
 def train_on_shapes(model_config, *, steps, batch_size=8, lr=2e-3, val_images=100, seed=0,

@@ -5,7 +5,6 @@ on shapes."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax

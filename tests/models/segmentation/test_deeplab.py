@@ -9,14 +9,11 @@ import importlib
 import importlib.util
 import pathlib
 import re
-import sys
-import time
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxvision.models import MODELS
@@ -170,68 +167,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 STEPS, BATCH, MIN_MIOU = 600, 4, 0.19
 
 
-def load_config(name: str):
-  if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-  return importlib.import_module(f"configs.{name}").get_config()
-
-
-def train_on_shapes(config, *, steps: int, batch_size: int, seed: int = 0):
-  """Trains ``config``'s family on one device with its own loss, optimizer and data pipeline (the
-  pieces ``jaxvision.train.loop`` uses, without its multi-device runner, so the result does not
-  depend on the 8 fake test devices); returns (val mIoU before, after, train losses, seconds)."""
-  from jaxvision.data import builder as data_builder  # noqa: PLC0415
-  from jaxvision.eval.segmentation import confusion_matrix, segmentation_metrics  # noqa: PLC0415
-  from jaxvision.train import loop, optim  # noqa: PLC0415
-
-  config.data.batch_size = batch_size
-  config.train.steps = steps
-  config.optim.warmup_steps = min(int(config.optim.warmup_steps), steps // 10)
-  config.model.axis_name = None  # one device: per-batch BatchNorm statistics
-  info, family = loop.build_family(config)
-  train_ds = data_builder.make_split(config.data, train=True)
-  val_ds = data_builder.make_split(config.data, train=False)
-  tx = (family.make_optimizer or optim.make_optimizer)(config.optim, steps)
-  variables = jax.jit(family.init_variables)(jax.random.key(seed, impl="rbg"),
-                                             {"image": jnp.asarray(train_ds[0]["image"])})
-  params = variables["params"]
-  rest = {k: v for k, v in variables.items() if k != "params"}
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, rest, opt_state, batch, step):
-    def loss_fn(p):
-      loss, _, mutated = family.train_loss({"params": p, **rest}, batch, rng=jax.random.key(step, impl="rbg"), step=step)
-      return loss, mutated
-    (loss, mutated), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), {**rest, **mutated}, opt_state, loss
-
-  @jax.jit
-  def eval_step(params, rest, batch):
-    pred = family.predict({"params": params, **rest}, batch)["segmentation"]
-    labels = jnp.where(batch["example_valid"][:, None, None], batch["segmentation"], 255)
-    return confusion_matrix(labels, pred, info.num_seg_classes)
-
-  def val_miou(params, rest):
-    cm = sum(np.asarray(eval_step(params, rest, {k: val_ds[i][k] for k in
-                                                ("image", "segmentation", "example_valid")}))
-             for i in range(len(val_ds)))
-    return float(segmentation_metrics(cm)["mean_iou"])
-
-  start = time.time()
-  before = val_miou(params, rest)
-  losses = []
-  for i in range(steps):
-    batch = {k: train_ds[i][k] for k in ("image", "segmentation")}
-    params, rest, opt_state, loss = train_step(params, rest, opt_state, batch, jnp.int32(i))
-    losses.append(float(loss))
-  after = val_miou(params, rest)
-  return before, after, losses, time.time() - start
-
-
 @pytest.mark.slow
-def test_deeplab_learns_shapes():
+def test_deeplab_learns_shapes(train_on_shapes, load_config):
   before, after, losses, seconds = train_on_shapes(load_config("deeplab_shapes"), steps=STEPS,
                                                    batch_size=BATCH)
   print(f"DeepLab shapes: loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-20:]):.3f}, val "

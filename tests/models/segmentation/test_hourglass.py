@@ -5,14 +5,12 @@ parameter count, upsampling options, config errors and a learning test (slow).""
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxvision.models import MODELS
@@ -139,73 +137,8 @@ def test_bad_config_raises():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-  """``$JAXVISION_DATA_DIR`` if set (prepared once, reused), else a fresh temporary directory."""
-  from jaxvision.data import shapes  # noqa: PLC0415
-
-  data_dir = os.environ.get(shapes.DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
-  shapes.prepare_shapes(data_dir, splits=["train", "validation"])
-  return data_dir
-
-
-def train_and_evaluate(family, data_dir, *, steps, batch_size, image_size, learning_rate,
-                       num_val=100):
-  """Adam on the shapes train split at ``image_size``; ``(losses, val mIoU before, after)``."""
-  from jaxvision.data import pipeline, transforms  # noqa: PLC0415
-  from jaxvision.eval.segmentation import confusion_matrix, segmentation_metrics  # noqa: PLC0415
-
-  def decode(record):
-    return {"image": np.asarray(record["image"], np.uint8),
-            "segmentation": np.asarray(record["segmentation"], np.int32)}
-
-  resize = functools.partial(transforms.resize, target_hw=image_size)
-  train_source, info = pipeline.shapes_source("train", data_dir=data_dir)
-  val_source, _ = pipeline.shapes_source("validation", data_dir=data_dir)
-  c = info.num_seg_classes
-  train = pipeline.make_dataset(train_source, batch_size=batch_size, decode=decode, train=True,
-                                transform=transforms.compose(transforms.random_horizontal_flip,
-                                                             resize, transforms.normalize_image))
-  val = pipeline.make_dataset(val_source, batch_size=num_val // 2, decode=decode, train=False,
-                              transform=transforms.compose(resize, transforms.normalize_image))
-  val = [val[i] for i in range(2)]
-  variables = jax.jit(lambda k, x: family.init_variables(k, {"image": x}))(
-      jax.random.key(0, impl="rbg"), jnp.zeros((1, *image_size, 3)))
-  params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-  tx = optax.adam(learning_rate)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, rest, opt_state, batch, step):
-    def loss_fn(p):
-      loss, _, mutated = family.train_loss({"params": p, **rest}, batch,
-                                           rng=jax.random.fold_in(jax.random.key(1), step))
-      return loss, mutated
-    (loss, mutated), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), {**rest, **mutated}, opt_state, loss
-
-  @jax.jit
-  def eval_step(params, rest, batch):
-    pred = family.predict({"params": params, **rest}, batch)["segmentation"]
-    return confusion_matrix(batch["segmentation"], pred, c)
-
-  def miou(params, rest):
-    cm = sum(np.asarray(eval_step(params, rest, {k: b[k] for k in ("image", "segmentation")}),
-                        np.int64) for b in val)
-    return segmentation_metrics(cm)["mean_iou"]
-
-  before = miou(params, rest)
-  losses = []
-  for i in range(steps):
-    batch = {k: train[i][k] for k in ("image", "segmentation")}
-    params, rest, opt_state, loss = train_step(params, rest, opt_state, batch, i)
-    losses.append(float(loss))
-  return np.asarray(losses), before, miou(params, rest)
-
-
 @pytest.mark.slow
-def test_hourglass_learns_shapes(shapes_dir):
+def test_hourglass_learns_shapes(shapes_dir, train_and_evaluate):
   # 128 px images, 2 stacks of depth 3 at 1/4 resolution, intermediate supervision, square roots of
   # the median-frequency class weights. An all-background prediction scores mIoU 0.142 here.
   start = time.time()
