@@ -43,8 +43,10 @@ def get_config(arg: str | None = None):
       "detections_per_image": 50,
   }
   c.model.box_head = {"kind": "mlp", "representation_size": 256}
-  c.model.proposals = "sliding_windows"
-  c.model.window_sizes = (14, 20, 28, 40, 56)
+  c.model.proposals = "batch"  # from the data pipeline: data.proposals below
+  c.model.window_sizes = (14, 20, 28, 40, 56)  # used only with model.proposals="sliding_windows"
+  c.data.proposals = "shapes"
+  c.data.max_proposals = 1000  # 128 gt jitters + 32 random + 770 windows (training); 770 windows (eval)
   c.data.batch_size = 2  # N = 2 images per mini-batch (hierarchical sampling)
   c.data.eval_batch_size = 20
   c.data.max_boxes = 8

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0  # grain worker processes building batches (0: in the main process)
   c.data.prefetch = 2  # batches buffered ahead on the host (per worker)
   c.data.device_prefetch = 2  # batches transferred to the devices ahead of the step
+  # Host-side region proposals for detectors on external proposals (Fast R-CNN): None or "shapes".
+  c.data.proposals = ml_collections.config_dict.placeholder(str)
+  c.data.max_proposals = 1000
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.flip = True
   c.data.augment.photometric = False

@@ -29,6 +29,12 @@ default when the config lacks them):
   pet_labels*: ``oxford_iiit_pet`` classes, ``"pet"`` (default), ``"species"`` or ``"breed"``.
   scene_parse_other*: ``scene_parse150``'s unlabelled/stuff pixels: ``"background"`` (class 0,
     default) or ``"ignore"`` (255).
+  proposals*: host-side region proposals added to every example (``batch["proposals"]``,
+    ``batch["proposals_valid"]``) for detectors on external proposals (Fast R-CNN with
+    ``model.proposals="batch"``): None (default) or ``"shapes"`` (``jaxvision.data.proposals``'s
+    selective-search stand-in: jittered gt boxes and random boxes for training, dense windows for
+    evaluation).
+  max_proposals*: proposals per image ``P`` (padded with invalid ones; default 1000).
   annotations*, images*: ``coco_json`` instances JSON and image folder for every split;
     ``train_annotations*``/``train_images*`` and ``eval_annotations*``/``eval_images*`` override
     them per split.
@@ -43,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from jaxvision.data import pipeline
+from jaxvision.data import proposals as P
 from jaxvision.data import transforms as T
 
 #: TFDS datasets (``jaxvision.data.tfds_sources.DATASETS``; listed here so that reading the list
@@ -50,6 +57,7 @@ from jaxvision.data import transforms as T
 TFDS_DATASETS = ("oxford_iiit_pet", "voc/2007", "voc/2012", "scene_parse150", "cityscapes", "lvis",
                  "coco/2017")
 DATASETS = ("shapes",) + TFDS_DATASETS + ("coco_json",)
+PROPOSALS = (None, "shapes")
 
 
 def _check_name(data: Any) -> str:
@@ -167,6 +175,15 @@ def make_transform(data: Any, *, train: bool):
   steps.append(functools.partial(T.normalize_image, mean=tuple(data.mean), std=tuple(data.std)))
   steps.append(functools.partial(T.pad_instances, max_boxes=int(data.max_boxes),
                                  mask_stride=int(data.get("mask_stride", 1))))
+  proposals = data.get("proposals", None)
+  if proposals not in PROPOSALS:
+    raise ValueError(f"config.data.proposals must be one of {PROPOSALS}, got {proposals!r}.")
+  if proposals == "shapes":
+    max_proposals = int(data.get("max_proposals", 1000))
+    if max_proposals < 1:
+      raise ValueError(f"config.data.max_proposals must be >= 1, got {max_proposals}.")
+    steps.append(functools.partial(P.add_shapes_proposals, max_proposals=max_proposals,
+                                   train=train))
   return T.compose(*steps)
 
 
