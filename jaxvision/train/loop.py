@@ -194,8 +194,12 @@ def _init_state(config, family, tx) -> TrainState:
     # backbone sub-tree before the optimizer state is made (jaxvision.weights).
     from jaxvision.weights import load_backbone_into  # noqa: PLC0415
 
-    variables = load_backbone_into(variables, config.init_from,
-                                   config.model.get("backbone", "vgg16"),
+    backbone = config.model.get("backbone", "vgg16")  # a name, or a section with a "name"
+    backbone = backbone.get("name") if hasattr(backbone, "get") else backbone
+    if not isinstance(backbone, str):
+      raise ValueError("config.init_from needs config.model.backbone to be a backbone name or a "
+                       f"section with a 'name' (resnet18/34/50/101, vgg16), got {backbone!r}.")
+    variables = load_backbone_into(variables, config.init_from, backbone,
                                    at=config.get("init_from_at", "backbone"),
                                    prefix=config.get("init_from_prefix", ""))
   params = variables["params"]
