@@ -23,10 +23,8 @@ that has jax, jaxvision, torch and torchvision::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
+import pathlib
+import sys
 import time
 
 import jax
@@ -35,6 +33,9 @@ import numpy as np
 
 from jaxvision.ops import anchors as anchors_lib
 from jaxvision.ops import matching, sampling
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import emit, environment, time_interleaved  # noqa: E402
 
 def retinanet_anchors(image_hw: tuple[int, int]) -> np.ndarray:
   """``[A, 4]`` anchors of torchvision's ``retinanet_resnet50_fpn`` for one padded input (P3-P7).
@@ -57,47 +58,10 @@ def random_gt(rng, batch: int, num_gt: int, image_hw: tuple[int, int]) -> np.nda
   return np.stack([x1, y1, x1 + wh[..., 0], y1 + wh[..., 1]], axis=-1).astype(np.float32)
 
 
-def _interleaved_times(fns: dict, repeats: int, warmup: int = 2) -> dict:
-  """Median and min wall time of each callable, calling them in turns.
-
-  The CI machine's 2 cores are shared, so the load changes during a run; alternating the contenders
-  within each repeat exposes both to the same load, which keeps their ratio meaningful.
-  """
-  for _ in range(warmup):
-    for fn in fns.values():
-      fn()
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t0)
-  return {name: (statistics.median(t), min(t)) for name, t in times.items()}
-
-
-def _versions() -> dict:
-  out = {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
-         else None, "numpy": np.__version__, "python": platform.python_version()}
-  try:
-    import torch
-    import torchvision
-    out.update(torch=torch.__version__, torchvision=torchvision.__version__)
-  except ImportError:
-    out.update(torch=None, torchvision=None)
-  return out
-
-
-def _device() -> dict:
-  dev = jax.devices()[0]
-  info = {"jax_device": f"{dev.platform}:{dev.device_kind}", "cpu_count": os.cpu_count(),
-          "load_avg_1min": os.getloadavg()[0], "machine": platform.machine()}
-  try:
-    import torch
-    info["torch_device"] = "cpu"
-    info["torch_threads"] = torch.get_num_threads()
-  except ImportError:
-    pass
-  return info
+def _interleaved_times(fns: dict, repeats: int) -> dict:
+  """``{name: (median_s, min_s)}`` from ``_common.time_interleaved`` (milliseconds there)."""
+  t = time_interleaved(fns, repeats=repeats)
+  return {name: (v["median_ms"] / 1e3, v["min_ms"] / 1e3) for name, v in t.items()}
 
 
 def bench_retinanet_match(image_hw, num_gt: int = 100, batch: int = 8, repeats: int = 10) -> dict:
@@ -188,13 +152,13 @@ def bench_rpn_sampling(image_hw, num_gt: int = 100, batch: int = 8, repeats: int
 
 def run(repeats: int = 10) -> list[dict]:
   """Runs every benchmark; returns one dict per result (versions and device included)."""
-  common = {"versions": _versions()}
   results = []
   for hw in ((800, 1344), (800, 800)):
     results.append(bench_retinanet_match(hw, repeats=repeats))
   results.append(bench_rpn_sampling((800, 1344), repeats=repeats))
+  env = environment()
   for r in results:
-    r.update(common, device=_device())
+    r.update(env)
   return results
 
 
@@ -203,4 +167,4 @@ if __name__ == "__main__":
   parser.add_argument("--repeats", type=int, default=10)
   args = parser.parse_args()
   for res in run(repeats=args.repeats):
-    print(json.dumps(res), flush=True)
+    emit(res)

@@ -17,13 +17,14 @@ detector use; jaxvision stops once 1000 boxes are kept, torchvision always finis
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import statistics
+import pathlib
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import emit, environment, time_interleaved  # noqa: E402
 
 # Torch's CPU NMS kernel is single-threaded; XLA may use both cores for large fusions. Both use
 # their defaults; the thread counts are reported.
@@ -43,21 +44,6 @@ def make_boxes(n: int, seed: int = 0, img: float = 1024.0, per_obj: int = 20):
   return boxes, scores
 
 
-def _time_pair(jax_fn, torch_fn, repeats: int, warmup: int = 3):
-  for _ in range(warmup):
-    jax_fn()
-    torch_fn()
-  tj, tt = [], []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax_fn()
-    tj.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    torch_fn()
-    tt.append(time.perf_counter() - t0)
-  return tj, tt
-
-
 def run(sizes=(1000, 5000, 20000), repeats: int = 30) -> list[dict]:
   import jax
   import torch
@@ -65,14 +51,7 @@ def run(sizes=(1000, 5000, 20000), repeats: int = 30) -> list[dict]:
 
   from jaxvision.ops.nms import batched_nms, nms
 
-  env = {
-      "jax": jax.__version__,
-      "torch": torch.__version__,
-      "torchvision": torchvision.__version__,
-      "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
-                f"{os.cpu_count()} cores)",
-      "torch_threads": torch.get_num_threads(),
-  }
+  env = environment()
   cases = []
   for n in sizes:
     for k in sorted({min(1000, n), n}):
@@ -102,15 +81,15 @@ def run(sizes=(1000, 5000, 20000), repeats: int = 30) -> list[dict]:
     identical = bool(np.array_equal(np.asarray(idx)[np.asarray(valid)], ref))
     jax_fn = lambda: jax.block_until_ready(fn(*args))  # noqa: E731
     reps = repeats if n * k < 5000 * 5000 else max(5, repeats // 3)
-    tj, tt = _time_pair(jax_fn, torch_fn, reps)
-    jm, tm = statistics.median(tj) * 1e3, statistics.median(tt) * 1e3
+    t = time_interleaved({"jaxvision": jax_fn, "torchvision": torch_fn}, repeats=reps, warmup=3)
+    jm, tm = t["jaxvision"]["median_ms"], t["torchvision"]["median_ms"]
     results.append({
         "benchmark": op, "num_boxes": n, "max_output_size": k, "num_classes": num_classes or 1,
         "iou_threshold": 0.5, "kept": int(np.asarray(valid).sum()),
         "torchvision_kept_total": int(torch_fn().shape[0]), "identical_keep": identical,
         "jaxvision_ms": round(jm, 4), "torchvision_ms": round(tm, 4),
         "ratio_torchvision_over_jaxvision": round(tm / jm, 2),
-        "jaxvision_min_ms": round(min(tj) * 1e3, 4), "torchvision_min_ms": round(min(tt) * 1e3, 4),
+        "jaxvision_min_ms": t["jaxvision"]["min_ms"], "torchvision_min_ms": t["torchvision"]["min_ms"],
         "repeats": reps, "jaxvision_compile_s": round(compile_s, 2), **env,
     })
   return results
@@ -118,4 +97,4 @@ def run(sizes=(1000, 5000, 20000), repeats: int = 30) -> list[dict]:
 
 if __name__ == "__main__":
   for result in run():
-    print(json.dumps(result), flush=True)
+    emit(result)

@@ -26,10 +26,8 @@ intermediate would show up here as >= 0.3 GB).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
+import pathlib
+import sys
 import time
 
 import jax
@@ -37,6 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.ops import roi
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import emit, environment, time_interleaved  # noqa: E402
 
 IMAGE_HW = (800, 1344)
 LEVELS = (2, 3, 4, 5)
@@ -55,36 +56,6 @@ def proposals(rng: np.random.Generator, n: int, image_hw=IMAGE_HW) -> np.ndarray
   bw, bh = s * np.sqrt(ratio), s / np.sqrt(ratio)
   cx, cy = rng.uniform(0, w, n), rng.uniform(0, h, n)
   return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-
-
-def _versions() -> dict:
-  import torch
-  import torchvision
-  return {"jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", None) or
-          __import__("jaxlib").__version__, "torch": torch.__version__,
-          "torchvision": torchvision.__version__, "numpy": np.__version__,
-          "python": platform.python_version()}
-
-
-def _device() -> dict:
-  import torch
-  return {"jax_device": str(jax.devices()[0]), "platform": platform.platform(),
-          "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads()}
-
-
-def _alternate(fns: dict, repeats: int, warmup: int = 2) -> dict:
-  """Median seconds of each zero-arg callable, timed in alternation (one call each per round)."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _setup(seed: int = 0):
@@ -157,7 +128,7 @@ def run(repeats: int = 10) -> list[dict]:
       else:
         tcall = tfwd_bwd
       with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-        times = _alternate({"jax": jcall, "torch": tcall}, repeats)
+        times = time_interleaved({"jax": jcall, "torch": tcall}, repeats=repeats)
         out_t = tfwd(x_t).detach().numpy().transpose(0, 2, 3, 1)
       out_j = np.asarray(jax.jit(jfwd)(maps_j, boxes_j, idx_j))
       results.append({
@@ -165,10 +136,12 @@ def run(repeats: int = 10) -> list[dict]:
           "batch": BATCH, "rois_per_image": ROIS_PER_IMAGE, "channels": CHANNELS,
           "image_hw": list(IMAGE_HW), "levels": list(LEVELS) if setting == "multilevel" else [2],
           "output_size": OUTPUT, "sampling_ratio": SAMPLING,
-          "jaxvision_s": round(times["jax"], 5), "torchvision_s": round(times["torch"], 5),
-          "ratio": round(times["torch"] / times["jax"], 3), "jax_compile_s": round(compile_s, 2),
+          "jaxvision_ms": times["jax"]["median_ms"], "torchvision_ms": times["torch"]["median_ms"],
+          "ratio_torchvision_over_jaxvision": round(
+              times["torch"]["median_ms"] / times["jax"]["median_ms"], 3),
+          "jax_compile_s": round(compile_s, 2),
           "jax_temp_bytes": int(temp), "max_abs_diff": float(np.abs(out_j - out_t).max()),
-          "repeats": repeats, "versions": _versions(), "device": _device(),
+          "repeats": repeats, **environment(),
       })
   return results
 
@@ -178,7 +151,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=10)
   args = parser.parse_args()
   for result in run(repeats=args.repeats):
-    print(json.dumps(result), flush=True)
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ Results are recorded in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
 
 AREAS = ("nms", "roi", "matching")
 
@@ -31,7 +31,7 @@ def main() -> None:
       parser.error(f"--only: unknown area {area!r}; choose from {AREAS}")
     module = __import__(f"bench_{area}")
     for result in module.run():
-      print(json.dumps(result), flush=True)
+      emit(result)
 
 
 if __name__ == "__main__":

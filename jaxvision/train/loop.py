@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -385,5 +386,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, *, which: st
 def _progress(total: int, start: int):
   from tqdm.auto import tqdm  # noqa: PLC0415
 
+  # Redirected to a file (a batch job, CI), redraw at most every 30 s instead of ~10 times a second:
+  # the bar stays readable in the log without flooding it.
+  interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
   return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-              disable=jax.process_index() != 0)
+              mininterval=0.1 if interactive else 30.0, disable=jax.process_index() != 0)
