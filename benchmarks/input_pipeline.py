@@ -11,12 +11,18 @@ settings of ``config.data``:
   and photometric distortion, the heavier path detection/instance models use.
 
 The first batch (worker start-up, file opening) is timed apart as ``startup_s``; the next
-``--warmup`` batches are dropped, then ``--batches`` batches are timed. One JSON line per result,
-with versions and the machine; put the train step's images/s (from ``metrics.jsonl`` or a step
-benchmark on the same machine) next to ``images_per_s`` to see whether input is the bottleneck.
+``--warmup`` batches are dropped, then ``--batches`` batches are timed.
+
+Side by side in the same run, for each config of ``--configs``: that config's own input pipeline
+(its ``config.data`` block, in process) and its data-parallel train step (``loop.make_train_step``
+under ``parallel.DataParallel`` on all local devices, on real batches already on the devices),
+both in images/s at the config's batch size, with ``input_over_step`` = pipeline images/s / step
+images/s: above 1 the host keeps up with the devices, below 1 the step waits for input (add
+workers). One JSON line per result, with versions and the machine.
 
     python benchmarks/input_pipeline.py                     # shapes train split, workers 0 and 2
     python benchmarks/input_pipeline.py --workers 0,1,2,4 --batch_size 64 --batches 50
+    python benchmarks/input_pipeline.py --settings "" --configs unet_shapes,faster_rcnn_fpn_shapes
 
 The shapes train split is prepared on first use (about 25 s of one core) in ``--data_dir``
 (default: ``$JAXVISION_DATA_DIR``, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
@@ -81,6 +87,68 @@ def run_one(args, setting: str, workers: int) -> dict:
   }
 
 
+def _time_batches(it, warmup: int, batches: int) -> float:
+  for _ in range(warmup):
+    next(it)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return time.perf_counter() - t0
+
+
+def run_config(args, name: str) -> dict:
+  """The config's own input pipeline and its train step, images/s side by side."""
+  import jax  # noqa: PLC0415
+
+  from jaxvision.data import builder  # noqa: PLC0415
+  from jaxvision.train import loop, parallel  # noqa: PLC0415
+
+  if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+  import importlib  # noqa: PLC0415
+
+  config = importlib.import_module(f"configs.{name}").get_config()
+  if args.data_dir:
+    config.data.data_dir = args.data_dir
+  config.data.train_split = args.split
+  with config.unlocked():
+    config.data.worker_count = 0
+  batch_size = int(config.data.batch_size)
+  loader = builder.make_loader(config.data, train=True)
+  with contextlib.closing(iter(loader)) as it:
+    host_batches = [next(it) for _ in range(4)]
+    input_s = _time_batches(it, 0, args.batches)
+  input_ips = args.batches * batch_size / input_s
+
+  _, family = loop.build_family(config)
+  tx = (family.make_optimizer or loop.optim_lib.make_optimizer)(config.optim,
+                                                                int(config.train.steps))
+  runner = parallel.DataParallel(loop.make_train_step(family, tx), parallelism=config.parallelism)
+  state = runner.put_state(loop._init_state(config, family, tx))
+  device_batches = [runner.put_batch(b) for b in host_batches]
+  t0 = time.perf_counter()
+  state, metrics = runner(state, device_batches[0])
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  for i in range(args.warmup):
+    state, metrics = runner(state, device_batches[i % 4])
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for i in range(args.steps):
+    state, metrics = runner(state, device_batches[i % 4])
+  jax.block_until_ready(metrics)
+  step_s = time.perf_counter() - t0
+  step_ips = args.steps * batch_size / step_s
+  return {
+      "benchmark": "input_vs_train_step", "config": name, "dataset": config.data.name,
+      "batch_size": batch_size, "image_size": list(config.data.image_size),
+      "input_images_per_s": round(input_ips, 1), "train_step_images_per_s": round(step_ips, 1),
+      "input_over_step": round(input_ips / step_ips, 2), "input_worker_count": 0,
+      "timed_batches": args.batches, "timed_steps": args.steps,
+      "step_compile_s": round(compile_s, 1), "devices": jax.local_device_count(),
+  }
+
+
 def environment() -> dict:
   import grain  # noqa: PLC0415
   import jax  # noqa: PLC0415
@@ -114,14 +182,19 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--prefetch", type=int, default=2)
   parser.add_argument("--split", default="train")
   parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--configs", default="unet_shapes",
+                      help="comma-separated configs/ names: their pipeline vs their train step")
+  parser.add_argument("--steps", type=int, default=20, help="timed train steps per config")
   args = parser.parse_args(argv)
   from jaxvision.data import pipeline  # noqa: PLC0415
 
   pipeline.shapes_source(args.split, args.data_dir)  # prepare before timing anything
   results = []
-  for setting in args.settings.split(","):
+  for setting in filter(None, args.settings.split(",")):
     for workers in (int(w) for w in args.workers.split(",")):
       results.append(run_one(args, setting, workers))
+  for name in filter(None, args.configs.split(",")):
+    results.append(run_config(args, name))
   env = environment()
   for r in results:
     print(json.dumps({**r, **env}), flush=True)
