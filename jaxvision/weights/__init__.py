@@ -4,7 +4,8 @@
   through a restricted unpickler that never runs code from the file), safetensors and npz files
   into ``{name: np.ndarray}``.
 * ``jaxvision.weights.torchvision``: ``convert_resnet`` / ``convert_vgg16`` (layouts and names,
-  documented there), ``load_into`` (every key and shape checked; ``WeightMismatchError`` lists all
+  documented there), whole segmentation models ``convert_deeplabv3`` / ``convert_fcn_resnet``
+  (torchvision's ``deeplabv3_resnet50/101`` and ``fcn_resnet50/101`` into ``DeepLab``), ``load_into`` (every key and shape checked; ``WeightMismatchError`` lists all
   differences, never a partial load), ``load_backbone_weights(path, name)`` and
   ``load_backbone_into(variables, path, name, at="backbone")``.
 
@@ -18,14 +19,15 @@ Example (a Colab user downloads torchvision's file once, e.g. ``resnet50-0676ba6
 from jaxvision.weights.io import (CheckpointFormatError, UnsafeCheckpointError, load_state_dict,
                                   read_safetensors, read_torch, write_safetensors)
 from jaxvision.weights.torchvision import (WeightMismatchError, check_variables, conv_kernel,
-                                           conv_transpose_kernel, convert_backbone, convert_resnet,
+                                           conv_transpose_kernel, convert_backbone,
+                                           convert_deeplabv3, convert_fcn_resnet, convert_resnet,
                                            convert_vgg16, infer_resnet_depth, linear_kernel,
                                            load_backbone_into, load_backbone_weights, load_into,
                                            resnet_torchvision_keys, vgg16_torchvision_keys)
 
 __all__ = ["load_state_dict", "read_torch", "read_safetensors", "write_safetensors",
            "CheckpointFormatError", "UnsafeCheckpointError", "convert_resnet", "convert_vgg16",
-           "convert_backbone", "load_into", "check_variables", "load_backbone_weights",
+           "convert_backbone", "convert_deeplabv3", "convert_fcn_resnet", "load_into", "check_variables", "load_backbone_weights",
            "load_backbone_into", "infer_resnet_depth", "resnet_torchvision_keys",
            "vgg16_torchvision_keys", "conv_kernel", "linear_kernel", "conv_transpose_kernel",
            "WeightMismatchError"]

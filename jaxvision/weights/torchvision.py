@@ -72,7 +72,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["convert_resnet", "convert_vgg16", "convert_backbone", "load_into",
+__all__ = ["convert_resnet", "convert_vgg16", "convert_backbone", "convert_deeplabv3",
+           "convert_fcn_resnet", "load_into",
            "load_backbone_weights", "load_backbone_into", "check_variables", "infer_resnet_depth",
            "resnet_torchvision_keys", "vgg16_torchvision_keys", "conv_kernel", "linear_kernel",
            "conv_transpose_kernel", "WeightMismatchError"]
@@ -385,6 +386,98 @@ def convert_backbone(state_dict: Mapping[str, Any], backbone_name: str, *, norm:
                          norm=norm or "batch", prefix=prefix)
   return convert_resnet(state_dict, int(backbone_name[len("resnet"):]), norm=norm or "batch",
                         prefix=prefix)
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation models: deeplabv3_resnet50/101 and fcn_resnet50/101
+# ------------------------------------------------------------------------------------------------
+
+
+def _segmentation_table(state_dict: Mapping[str, Any], head: str, depth: int | None,
+                        aux: bool | None) -> tuple[dict, int, bool]:
+  """The ``_convert`` table of torchvision's ``DeepLabV3`` / ``FCN`` for ``DeepLab(head=...)``."""
+  if depth is None:
+    depth = infer_resnet_depth(state_dict, "backbone.")
+    if depth is None:
+      raise WeightMismatchError(
+          f"torchvision {head} state dict: no ResNet-18/34/50/101 under 'backbone.'",
+          unexpected=sorted(state_dict)[:_SHOWN])
+  table = {f"backbone.{m}": (("backbone",) + path, kind)
+           for m, (path, kind) in _resnet_table(depth).items()}
+  if head == "deeplabv3":
+    # ASPP (classifier.0): convs.0 the 1x1 branch, convs.1..n the atrous branches, convs.n+1 the
+    # image pooling (AdaptiveAvgPool2d, Conv2d, BatchNorm2d, ReLU), then the 1x1 projection.
+    branches = sorted({int(k.split(".")[3]) for k in state_dict
+                       if k.startswith("classifier.0.convs.")})
+    if len(branches) < 2 or branches != list(range(len(branches))):
+      raise WeightMismatchError("torchvision deeplabv3 state dict: no ASPP branches "
+                                "'classifier.0.convs.<i>'", unexpected=sorted(state_dict)[:_SHOWN])
+    num_rates = len(branches) - 2
+    for i in range(num_rates + 1):
+      table[f"classifier.0.convs.{i}.0"] = (("aspp", f"branch{i}", "conv"), "conv")
+      table[f"classifier.0.convs.{i}.1"] = (("aspp", f"branch{i}", "norm"), "bn")
+    table[f"classifier.0.convs.{num_rates + 1}.1"] = (("aspp", "pooling", "conv"), "conv")
+    table[f"classifier.0.convs.{num_rates + 1}.2"] = (("aspp", "pooling", "norm"), "bn")
+    table["classifier.0.project.0"] = (("aspp", "project", "conv"), "conv")
+    table["classifier.0.project.1"] = (("aspp", "project", "norm"), "bn")
+    table["classifier.1"] = (("head_conv", "conv"), "conv")  # DeepLabHead's 3x3 conv, BN
+    table["classifier.2"] = (("head_conv", "norm"), "bn")
+  else:
+    num_rates = 0
+    table["classifier.0"] = (("fcn_conv", "conv"), "conv")  # FCNHead: 3x3 conv, BN
+    table["classifier.1"] = (("fcn_conv", "norm"), "bn")
+  table["classifier.4"] = (("classifier",), "conv_bias")
+  if aux is None:
+    aux = "aux_classifier.0.weight" in state_dict
+  if aux:
+    table["aux_classifier.0"] = (("aux_conv", "conv"), "conv")
+    table["aux_classifier.1"] = (("aux_conv", "norm"), "bn")
+    table["aux_classifier.4"] = (("aux_classifier",), "conv_bias")
+  return table, num_rates, aux
+
+
+def _convert_segmentation(state_dict, head: str, depth, aux, norm: str) -> dict:
+  table, _, _ = _segmentation_table(state_dict, head, depth, aux)
+  skip = () if any(k.startswith("aux_classifier.") for k in table) else ("aux_classifier",)
+  return _convert(state_dict, table, norm=norm, prefix="", skip=skip,
+                  what=f"torchvision {head} state dict")
+
+
+def convert_deeplabv3(state_dict: Mapping[str, Any], *, depth: int | None = None,
+                      aux: bool | None = None, norm: str = "batch") -> dict:
+  """torchvision ``deeplabv3_resnet50/101`` state dict -> variables of
+  ``DeepLab(backbone=ResNet(depth, output_stride=8), head="torchvision", aux=aux)``.
+
+  torchvision's model: a ResNet with strides replaced by dilation in ``layer3`` and ``layer4``
+  (output stride 8; ``make_deeplab`` with ``output_stride=8`` builds the same), ``DeepLabHead``
+  (ASPP with rates (12, 24, 36) + image pooling, 256 channels, 1x1 projection, drop-out 0.5, 3x3
+  conv + BN + ReLU, 1x1 classifier) and, with ``aux_loss=True``, ``FCNHead`` on ``layer3``; logits
+  bilinearly resized to the input (``align_corners=False``), as ``DeepLab`` does.
+
+  Args:
+    state_dict: ``{name: array}`` in torchvision's naming.
+    depth: the ResNet depth (None: read from the keys).
+    aux: convert the auxiliary head (None: when the state dict has ``aux_classifier``; ``False``
+      drops it).
+    norm: ``"batch"`` (``nn.BatchNorm``) or ``"frozen"`` for every BatchNorm.
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}``; check it into a model with ``load_into``. The number
+    of ASPP rates and classes follow the state dict.
+  """
+  return _convert_segmentation(state_dict, "deeplabv3", depth, aux, norm)
+
+
+def convert_fcn_resnet(state_dict: Mapping[str, Any], *, depth: int | None = None,
+                       aux: bool | None = None, norm: str = "batch") -> dict:
+  """torchvision ``fcn_resnet50/101`` state dict -> variables of
+  ``DeepLab(backbone=ResNet(depth, output_stride=8), head="fcn", aux=aux)``.
+
+  torchvision's ``FCN``: the same dilated ResNet (output stride 8) with ``FCNHead`` on ``layer4``
+  (3x3 conv to 512 channels, BN, ReLU, drop-out 0.1, 1x1 classifier) and optionally on ``layer3``.
+  Arguments as ``convert_deeplabv3``.
+  """
+  return _convert_segmentation(state_dict, "fcn", depth, aux, norm)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ adds torchvision's auxiliary ``FCNHead`` on ``C4`` (3x3 convolution to ``C4/4`` 
 ReLU, drop-out 0.1, 1x1 to ``C``), returned as ``"aux"`` and weighted by ``aux_weight`` (0.5 in
 torchvision's reference training) in the loss.
 
+``head="fcn"`` is torchvision's ``fcn_resnet50`` / ``fcn_resnet101``: the same dilated ResNet with
+torchvision's ``FCNHead`` on ``C5`` in place of ASPP (3x3 convolution to ``C5/4`` channels,
+BatchNorm, ReLU, drop-out 0.1, 1x1 to ``C``). It is an FCN head on an atrous backbone (the design
+DeepLab started from), not the paper FCN-8s of ``fcn.py`` (VGG-16 with skip fusion); it is here so
+torchvision's FCN weights convert (``jaxvision.weights.convert_fcn_resnet``).
+
 The dense CRF post-processing of DeepLab v1/v2 is not part of this module: ``deeplab_family``
 takes a ``postprocess`` (e.g. a CRF from ``jaxvision.ops``) that replaces the argmax.
 
@@ -46,7 +52,7 @@ from jaxvision.ops.unpool import resize_bilinear
 
 __all__ = ["DeepLab", "make_deeplab", "deeplab_family", "default_rates", "HEADS"]
 
-HEADS = ("v3", "torchvision")
+HEADS = ("v3", "torchvision", "fcn")
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -68,7 +74,8 @@ class DeepLab(nn.Module):
     aspp_features: channels of the ASPP branches and projection (256).
     rates: ASPP rates (None: ``default_rates(backbone.output_stride)``).
     image_pooling: ASPP's global pooling branch.
-    head: ``"v3"`` (paper) or ``"torchvision"`` (``DeepLabHead``).
+    head: ``"v3"`` (paper), ``"torchvision"`` (``DeepLabHead``) or ``"fcn"`` (torchvision's
+      ``FCNHead`` on ``C5``, no ASPP: ``fcn_resnet50``).
     dropout_rate: drop-out after the ASPP projection (None: 0 for ``"v3"``, 0.5 for ``"torchvision"``).
     aux: add torchvision's auxiliary FCN head on ``C4`` (output ``"aux"``).
     norm: norm of the head (``"batch"``, ``"frozen"`` or None); the backbone has its own.
@@ -97,12 +104,18 @@ class DeepLab(nn.Module):
     rates = tuple(self.rates) if self.rates is not None else default_rates(
         getattr(self.backbone, "output_stride", 16))
     dropout = self.dropout_rate if self.dropout_rate is not None else (
-        0.5 if self.head == "torchvision" else 0.0)
-    y = ASPP(self.aspp_features, rates=rates, image_pooling=self.image_pooling, norm=self.norm,
-             dropout_rate=dropout, axis_name=self.axis_name, dtype=self.dtype,
-             name="aspp")(feats["C5"], train=train)  # (B, h, w, 256)
+        {"torchvision": 0.5, "fcn": 0.1}.get(self.head, 0.0))
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
     conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
+    if self.head == "fcn":
+      c5 = feats["C5"]
+      y = ConvNormAct(max(c5.shape[-1] // 4, 1), (3, 3), padding=((1, 1), (1, 1)), conv=conv,
+                      norm=norm, name="fcn_conv")(c5)  # (B, h, w, C5 / 4)
+      y = nn.Dropout(dropout, deterministic=not train)(y)
+    else:
+      y = ASPP(self.aspp_features, rates=rates, image_pooling=self.image_pooling, norm=self.norm,
+               dropout_rate=dropout, axis_name=self.axis_name, dtype=self.dtype,
+               name="aspp")(feats["C5"], train=train)  # (B, h, w, 256)
     if self.head == "torchvision":
       y = ConvNormAct(self.aspp_features, (3, 3), padding=((1, 1), (1, 1)), conv=conv, norm=norm,
                       name="head_conv")(y)
@@ -138,7 +151,8 @@ def make_deeplab(model_config: Any, num_classes: int) -> Family:
   Keys (all optional): ``backbone`` ("resnet50"; "resnet18/34/101"), ``width`` (64),
   ``output_stride`` (16 or 8; default 16), ``multi_grid`` (e.g. ``(1, 2, 4)``), ``norm`` (head norm,
   "batch"), ``backbone_norm`` ("batch" or "frozen"; default ``norm``), ``aspp_features`` (256),
-  ``rates`` (default by output stride), ``image_pooling`` (True), ``head`` ("v3" | "torchvision"),
+  ``rates`` (default by output stride), ``image_pooling`` (True), ``head`` ("v3" | "torchvision" |
+  "fcn"),
   ``dropout_rate``, ``aux`` (False), ``aux_weight`` (0.5), ``class_weights``, ``axis_name``, ``dtype``.
   """
   cfg = as_dict(model_config)

@@ -1,102 +1,19 @@
-"""DeepLabv3: torchvision parity of the whole model at a tiny width (tests/fixtures/deeplab.npz from
-gen_deeplab.py), ASPP against a lax reference, full-size parameter counts and shapes by eval_shape,
-config errors, and a learning test on shapes (slow)."""
+"""DeepLabv3: ASPP against a lax reference, full-size parameter counts and shapes by eval_shape,
+config errors, and a learning test on shapes (slow). torchvision parity of the whole model (through
+the weight converter) is in tests/weights/test_segmentation_weights.py."""
 
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
-import pathlib
-import re
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxvision.models import MODELS
-from jaxvision.models.backbones import ResNet
 from jaxvision.models.layers import ASPP
 from jaxvision.models.segmentation import deeplab
-
-_FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "fixtures"
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, _FIXTURES / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-gen = _load("gen_deeplab")  # no torch at import
-gen_backbones = gen.gen_backbones
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-         "var": "running_var"}
-
-
-def _resnet_key(mods):
-  parts = []
-  for m in mods:
-    if re.fullmatch(r"layer\d_\d+", m):
-      parts += m.split("_")
-    elif m in ("downsample_conv", "downsample_bn"):
-      parts += ["downsample", "0" if m == "downsample_conv" else "1"]
-    else:
-      parts.append(m)
-  return ".".join(parts)
-
-
-def torchvision_key(mods, num_rates: int) -> str:
-  """Flax module path of ``DeepLab(head="torchvision", aux=True)`` -> torchvision's DeepLabV3 name."""
-  if mods[0] == "backbone":
-    return "backbone." + _resnet_key(mods[1:])
-  sub = {"conv": "0", "norm": "1"}
-  if mods[0] == "aspp":
-    branch, layer = mods[1], mods[2]
-    if branch == "project":
-      return f"classifier.0.project.{sub[layer]}"
-    if branch == "pooling":
-      return f"classifier.0.convs.{num_rates + 1}.{ {'conv': '1', 'norm': '2'}[layer] }"
-    return f"classifier.0.convs.{int(branch[len('branch'):])}.{sub[layer]}"
-  if mods[0] == "head_conv":
-    return {"conv": "classifier.1", "norm": "classifier.2"}[mods[1]]
-  if mods[0] == "classifier":
-    return "classifier.4"
-  if mods[0] == "aux_conv":
-    return {"conv": "aux_classifier.0", "norm": "aux_classifier.1"}[mods[1]]
-  if mods[0] == "aux_classifier":
-    return "aux_classifier.4"
-  raise KeyError(mods)
-
-
-def test_deeplabv3_matches_torchvision(fixture_npz):
-  ref = fixture_npz("deeplab")
-  backbone = ResNet(depth=50, width=gen.WIDTH, output_stride=8)
-  model = deeplab.DeepLab(num_classes=gen.NUM_CLASSES, backbone=backbone,
-                          aspp_features=gen.ASPP_FEATURES, rates=gen.RATES, head="torchvision",
-                          aux=True)
-  x = jnp.asarray(gen_backbones.input_array("deeplab", gen.INPUT_SHAPE))
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-  flat = flax.traverse_util.flatten_dict(shapes)
-  values = {}
-  for path, leaf in flat.items():
-    key = f"{torchvision_key(path[1:-1], len(gen.RATES))}.{_LEAF[path[-1]]}"
-    if path[-1] == "kernel":
-      kh, kw, i, o = leaf.shape
-      values[path] = np.transpose(gen_backbones.numpy_tensor(key, (o, i, kh, kw)), (2, 3, 1, 0))
-    else:
-      values[path] = gen_backbones.numpy_tensor(key, leaf.shape)
-  variables = flax.traverse_util.unflatten_dict(jax.tree.map(jnp.asarray, values))
-  out = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-  for name, key in (("logits", "out"), ("aux", "aux")):
-    expected = ref[key]
-    assert out[name].shape == expected.shape
-    np.testing.assert_allclose(out[name], expected, rtol=0,
-                               atol=2e-4 * float(np.abs(expected).max()), err_msg=name)
-
 
 def _lax_conv(x, w, dilation):
   return jax.lax.conv_general_dilated(x, w, (1, 1), [(dilation, dilation)] * 2 if w.shape[0] == 3
@@ -161,7 +78,6 @@ def test_config_errors():
     deeplab.make_deeplab({"head": "v2"}, 3)
 
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 # Learning-test budget (slow test): STEPS steps of BATCH shapes images. Measured with this test on
 # the shared 2-core CPU: val mIoU 0.009 -> 0.225, loss 2.24 -> 0.89, 65 s CPU time (132 s wall).
 STEPS, BATCH, MIN_MIOU = 600, 4, 0.19

@@ -6,7 +6,6 @@ on shapes (slow)."""
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,6 @@ import pytest
 from jaxvision.models import MODELS
 from jaxvision.models.segmentation import dilated
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 # Learning-test budget (slow test): STEPS steps of BATCH shapes images. Measured with the config's
 # settings on the shared 2-core CPU: val mIoU 0.116 -> 0.238 (context_lr_scale 0.1; 0.200 without
 # it), about 90 s CPU time (270 s wall under load).

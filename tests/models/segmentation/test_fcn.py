@@ -5,7 +5,6 @@ on shapes (slow)."""
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,6 @@ from jaxvision.models.backbones import VGG16
 from jaxvision.models.segmentation import fcn
 from jaxvision.ops.unpool import resize_bilinear
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 # Learning-test budget (slow test): STEPS steps of BATCH shapes images (4 x 600 learnt faster than
 # 8 x 300 for the same compute: val mIoU 0.286 vs 0.255). Measured with this test on the shared
 # 2-core CPU: mIoU 0.143 -> 0.277, loss 1.72 -> 0.79, 103 s CPU time (272 s wall under load);
