@@ -94,6 +94,16 @@ def _coco_categories(key: tuple) -> tuple[tuple[int, ...], tuple[str, ...]]:
   return coco_json.load_categories(key[0])
 
 
+def _coco_json_categories(data: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """``(category ids, names)`` of a ``coco_json`` config: COCO 2017's 80 when
+  ``config.data.categories == "coco"`` (no file read), else the training JSON's."""
+  if data.get("categories") == "coco":
+    from jaxvision.data import tfds_sources  # noqa: PLC0415
+
+    return tuple(tfds_sources.COCO_CATEGORY_IDS), tuple(tfds_sources.COCO_CLASSES)
+  return _coco_categories(_file_key(_coco_paths(data, train=True)[0]))
+
+
 @functools.lru_cache(maxsize=4)
 def _coco_source(key: tuple, images: str, category_ids: tuple, class_names: tuple):
   from jaxvision.data import coco_json  # noqa: PLC0415
@@ -116,7 +126,7 @@ def dataset_info(data: Any) -> pipeline.DatasetInfo:
 
     return pipeline.DatasetInfo(name="jaxvision_shapes", class_names=tuple(SHAPES_CLASSES))
   if name == "coco_json":
-    ids, names = _coco_categories(_file_key(_coco_paths(data, train=True)[0]))
+    ids, names = _coco_json_categories(data)
     return pipeline.DatasetInfo(name="coco_json", class_names=names, category_ids=ids)
   from jaxvision.data import tfds_sources  # noqa: PLC0415
 
@@ -138,7 +148,7 @@ def open_split(data: Any, *, train: bool):
   with_masks = bool(data.get("keep_masks", False))
   if name == "coco_json":
     annotations, images = _coco_paths(data, train=train)
-    ids, names = _coco_categories(_file_key(_coco_paths(data, train=True)[0]))
+    ids, names = _coco_json_categories(data)
     source = _coco_source(_file_key(annotations), images, ids, names)
     return source, source.decoder(with_masks=with_masks), source.info
   from jaxvision.data import tfds_sources  # noqa: PLC0415

@@ -26,6 +26,7 @@ _CONSTRUCTORS = {
     "hourglass": "segmentation.hourglass:make_hourglass",
     "crf_rnn": "segmentation.crf_rnn:make_crf_rnn",
     "adversarial": "segmentation.adversarial:make_adversarial",
+    "patchwise": "segmentation.patchwise:make_patchwise",
     # detection
     "yolo_v1": "detection.yolo:make_yolo_v1",
     "yolo_v2": "detection.yolo:make_yolo_v2",
@@ -34,6 +35,11 @@ _CONSTRUCTORS = {
     "fcos": "detection.fcos:make_fcos",
     "fast_rcnn": "detection.fast_rcnn:make_fast_rcnn",
     "faster_rcnn": "detection.faster_rcnn:make_faster_rcnn",
+    "sliding_window": "detection.sliding_window:make_sliding_window",
+    "rcnn": "detection.rcnn:make_rcnn",
+    "spp_net": "detection.spp_net:make_spp_net",
+    # instance segmentation
+    "mask_rcnn": "detection.mask_rcnn:make_mask_rcnn",
 }
 
 

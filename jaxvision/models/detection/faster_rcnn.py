@@ -66,7 +66,7 @@ __all__ = [
     "FasterRCNN", "PRESETS", "build_faster_rcnn", "make_faster_rcnn", "rpn_losses_and_proposals",
     "box_losses", "faster_rcnn_losses", "faster_rcnn_detect", "detect_from_proposals",
     "gt_from_batch", "batch_image_size", "batch_image_hw", "check_batch", "resolve_config",
-    "init_key", "detection_family", "rpn_anchors_for",
+    "init_key", "detection_family", "rpn_anchors_for", "inference_proposals",
 ]
 
 
@@ -287,15 +287,20 @@ def detect_from_proposals(module, features, proposals, proposals_valid, batch) -
   return jax.vmap(post)(class_logits, box_deltas, proposals, proposals_valid, batch_image_hw(batch))
 
 
+def inference_proposals(module: FasterRCNN, features, batch):
+  """The RPN's inference proposals (test sizes) of a batch: batched ``rpn.Proposals``."""
+  cfg = module.rpn_config
+  logits, deltas = module.rpn(features)
+  anchors, counts = rpn_anchors_for(module, features, batch, logits)
+  return jax.vmap(functools.partial(rpn_lib.generate_proposals, level_counts=counts,
+                                    config=cfg, train=False),
+                  in_axes=(None, 0, 0, 0))(anchors, logits, deltas, batch_image_hw(batch))
+
+
 def faster_rcnn_detect(module: FasterRCNN, batch) -> heads.Detections:
   """Inference: features -> RPN proposals (test sizes) -> box head -> ``D`` detections per image."""
-  cfg = module.rpn_config
   feats = module.features(batch["image"], train=False)
-  logits, deltas = module.rpn(feats)
-  anchors, counts = rpn_anchors_for(module, feats, batch, logits)
-  proposals = jax.vmap(functools.partial(rpn_lib.generate_proposals, level_counts=counts,
-                                         config=cfg, train=False),
-                       in_axes=(None, 0, 0, 0))(anchors, logits, deltas, batch_image_hw(batch))
+  proposals = inference_proposals(module, feats, batch)
   return detect_from_proposals(module, feats, proposals.boxes, proposals.valid, batch)
 
 
@@ -432,8 +437,12 @@ def build_box_head(section: Mapping[str, Any], backbone: nn.Module, *, axis_name
   return heads.Res5Head(dtype=dtype, **kwargs)
 
 
-def build_faster_rcnn(model_config: Any, num_classes: int) -> FasterRCNN:
-  """The ``FasterRCNN`` module for ``model_config`` (see ``make_faster_rcnn``)."""
+def build_faster_rcnn(model_config: Any, num_classes: int, *, module_cls: type = FasterRCNN,
+                      **module_kwargs) -> FasterRCNN:
+  """The ``FasterRCNN`` module for ``model_config`` (see ``make_faster_rcnn``).
+
+  ``module_cls`` / ``module_kwargs``: a subclass and its extra fields (Mask R-CNN's ``mask_head``),
+  built from the same resolved sections."""
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int (K foreground classes), got "
                      f"{num_classes!r}.")
@@ -444,14 +453,14 @@ def build_faster_rcnn(model_config: Any, num_classes: int) -> FasterRCNN:
   backbone = build_backbone(cfg["backbone"], axis_name=axis_name, dtype=dtype)
   neck = build_neck(cfg["neck"], axis_name=axis_name, dtype=dtype)
   box_head = build_box_head(cfg["box_head"], backbone, axis_name=axis_name, dtype=dtype)
-  return FasterRCNN(
+  return module_cls(
       backbone=backbone,
       rpn_head=rpn_lib.RPNHead(num_anchors=rpn_cfg.num_anchors, objectness=rpn_cfg.objectness,
                                conv_features=rpn_cfg.conv_features, dtype=dtype),
       box_head=box_head,
       box_predictor=heads.FastRCNNPredictor(
           num_classes, background_slot=roi_cfg.box_background_slot, dtype=dtype),
-      rpn_config=rpn_cfg, roi_config=roi_cfg, neck=neck)
+      rpn_config=rpn_cfg, roi_config=roi_cfg, neck=neck, **module_kwargs)
 
 
 def init_key(rng):
@@ -472,10 +481,12 @@ def init_key(rng):
                                   impl="rbg")
 
 
-def detection_family(module: nn.Module, num_classes: int, losses_fn, detect_fn) -> Family:
+def detection_family(module: nn.Module, num_classes: int, losses_fn, detect_fn, *,
+                     task: str = "detection") -> Family:
   """The ``Family`` of a two-stage detector whose loss and inference are functions of the bound
   module (``losses_fn(module, batch, key, axis_name=...) -> (total, terms)``,
-  ``detect_fn(module, batch) -> Detections``)."""
+  ``detect_fn(module, batch) -> Detections`` or a dict of predictions, e.g. with ``"masks"`` for
+  ``task="instance_segmentation"``)."""
 
   def train_loss(variables, batch, *, rng, step=None, axis_name=None):
     del step
@@ -486,12 +497,13 @@ def detection_family(module: nn.Module, num_classes: int, losses_fn, detect_fn) 
     return total, terms, dict(mutated)
 
   def predict(variables, batch):
-    return module.apply(variables, batch, method=detect_fn).as_dict()
+    out = module.apply(variables, batch, method=detect_fn)
+    return out.as_dict() if hasattr(out, "as_dict") else dict(out)
 
   def init(rng, batch):
     return module.init(init_key(rng), jnp.asarray(batch["image"], jnp.float32), train=False)
 
-  return Family(module=module, task="detection", train_loss=train_loss, predict=predict, init=init,
+  return Family(module=module, task=task, train_loss=train_loss, predict=predict, init=init,
                 num_classes=num_classes)
 
 
