@@ -44,8 +44,8 @@ def get_config(arg: str | None = None):
   c.data.train_images = f"{COCO_ROOT}/train2017"
   c.data.eval_annotations = f"{COCO_ROOT}/annotations/instances_val2017.json"
   c.data.eval_images = f"{COCO_ROOT}/val2017"
-  # COCO 2017's 80 categories (ids 1..90 with gaps), known without reading the JSON; used by
-  # jaxvision.data.builder once it supports `data.categories` (see issue 7's report).
+  # COCO 2017's 80 categories (ids 1..90 with gaps), known without reading the JSON
+  # (jaxvision.data.builder reads `data.categories`).
   c.data.categories = "coco"
   c.data.image_size = (800, 1344)
   c.data.batch_size = 16

@@ -31,34 +31,19 @@ Expected:  not measured yet at the default 1500 steps. A 600-step run (8 images 
            channel's probability stays below 0.25, so no pasted mask reaches 0.5.
 """
 
-from configs.common import base
+from configs import faster_rcnn_fpn_shapes
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
+  if arg not in (None, "smoke"):
+    raise ValueError(f"unknown config argument {arg!r}; use configs/mask_rcnn_shapes.py or :smoke")
+  # The detector is faster_rcnn_fpn_shapes' (backbone, FPN, RPN, box head, optimizer, schedule,
+  # and its :smoke shrinking); this config adds the mask branch and the instance task.
+  c = faster_rcnn_fpn_shapes.get_config(arg)
   c.task = "instance_segmentation"
   c.eval.metric = "coco"
   c.eval.best_metric = "segm/AP"
   c.model.name = "mask_rcnn"
-  c.model.preset = "fpn"
-  c.model.axis_name = "data"  # cross-replica BatchNorm under data parallelism
-  c.model.backbone = {"name": "resnet18", "width": 16, "norm": "batch"}
-  c.model.neck = {"features": 64}
-  c.model.rpn = {
-      "levels": ("P2", "P3", "P4"),
-      "anchor_sizes": ((16,), (32,), (64,)),
-      "pre_nms_top_n_train": 300,
-      "post_nms_top_n_train": 150,
-      "pre_nms_top_n_test": 300,
-      "post_nms_top_n_test": 100,
-  }
-  c.model.roi_heads = {
-      "fpn_levels": (2, 3, 4, 5),
-      "output_size": 7,
-      "batch_size_per_image": 64,
-      "detections_per_image": 50,
-  }
-  c.model.box_head = {"kind": "mlp", "representation_size": 256}
   c.model.mask_head = {
       "pooler": "align",
       "loss": "sigmoid",
@@ -68,30 +53,8 @@ def get_config(arg: str | None = None):
   }
   c.data.keep_masks = True
   c.data.mask_stride = 1
-  c.data.batch_size = 8
-  c.data.max_boxes = 8
-  c.optim.learning_rate = 2e-3
-  c.optim.warmup_steps = 100
-  c.optim.weight_decay = 1e-4
-  c.optim.grad_clip_norm = 10.0
-  c.train.steps = 1500
-  c.train.log_every = 25
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 250
   if arg == "smoke":
-    c = base.apply_smoke(c)
-    c.model.backbone = {"name": "resnet18", "width": 4, "norm": "batch"}
-    c.model.neck = {"features": 8}
-    c.model.rpn.pre_nms_top_n_train = 50
-    c.model.rpn.post_nms_top_n_train = 32
-    c.model.rpn.pre_nms_top_n_test = 50
-    c.model.rpn.post_nms_top_n_test = 32
-    c.model.roi_heads.batch_size_per_image = 32
-    c.model.roi_heads.detections_per_image = 20
-    c.model.box_head.representation_size = 32
     c.model.mask_head.num_convs = 1
     c.model.mask_head.conv_features = 8
     c.data.mask_stride = 2
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use configs/mask_rcnn_shapes.py or :smoke")
   return c

@@ -271,25 +271,19 @@ def test_paper_vgg16_eval_shape():
 
 
 @pytest.mark.slow
-def test_learns_shapes_on_sliding_windows(shapes_dir):
+def test_learns_shapes_on_sliding_windows(shapes_dir, shapes_data):
   # Fast R-CNN (ResNet-18 width 8, C4 at stride 8, RoIPool 7x7, 2 FC of 128) on the 770 dense
   # sliding windows: 250 steps of 8 images x 64 RoIs. Measured: loss 1.64 -> 0.80, mAP@0.5
   # 0.000 -> 0.089; 64 s of CPU time (250 s wall on the loaded shared CPU).
   import time  # noqa: PLC0415
 
-  import ml_collections  # noqa: PLC0415
   import optax  # noqa: PLC0415
 
   from jaxvision.data import builder  # noqa: PLC0415
   from jaxvision.eval.voc import VocEvaluator  # noqa: PLC0415
 
   start = time.time()
-  data = ml_collections.ConfigDict({
-      "name": "shapes", "data_dir": shapes_dir, "train_split": "train", "eval_split": "validation",
-      "image_size": (128, 128), "batch_size": 8, "eval_batch_size": 50, "max_boxes": 8,
-      "mask_stride": 1, "keep_masks": False, "seed": 0,
-      "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-      "augment": {"flip": True, "photometric": False, "elastic": False, "scale_jitter": None}})
+  data = shapes_data(shapes_dir)
   train = builder.make_split(data, train=True)
   val = builder.make_split(data, train=False)
   val = [val[i] for i in range(len(val))]

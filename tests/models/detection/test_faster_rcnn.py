@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from jaxvision.models import MODELS
 from jaxvision.models.detection import faster_rcnn as frcnn
@@ -185,7 +184,7 @@ def test_bad_input_gives_finite_loss_and_gradients(case):
   assert all(np.all(np.isfinite(np.asarray(v))) for v in preds.values())
 
 
-def test_normalizers_are_psummed_across_devices():
+def test_normalizers_are_psummed_across_devices(summed_losses):
   # Sampling sizes above the candidate counts make sampling deterministic (every candidate is
   # taken), so one device on the whole batch and two devices on halves must give the same loss.
   family = _family(rpn_kwargs={"batch_size_per_image": 512},
@@ -194,17 +193,7 @@ def test_normalizers_are_psummed_across_devices():
   batch = jax.tree.map(jnp.asarray, _batch(3, b=4, seed=3))
   key = jax.random.PRNGKey(0)
 
-  def local(v, b):
-    total, terms, _ = family.train_loss(v, b, rng=key, axis_name="data")
-    return jax.lax.psum(total, "data"), jax.tree.map(lambda t: jax.lax.psum(t, "data"), terms)
-
-  results = []
-  for n in (1, 2):
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:n])
-    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
-                               check_vma=False))
-    results.append(fn(variables, batch))
+  results = [summed_losses(family, variables, batch, key, n) for n in (1, 2)]
   (t1, terms1), (t2, terms2) = results
   np.testing.assert_allclose(float(t1), float(t2), rtol=1e-5)
   for name in ("rpn_cls", "rpn_box", "head_cls", "head_box"):

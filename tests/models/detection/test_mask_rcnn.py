@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from jaxvision.models import MODELS
 from jaxvision.models.detection import mask_rcnn as mrcnn
@@ -350,24 +349,14 @@ def test_bad_input_gives_finite_loss_and_gradients(case):
   assert all(np.all(np.isfinite(np.asarray(v))) for v in preds.values())
 
 
-def test_normalizers_are_psummed_across_devices():
+def test_normalizers_are_psummed_across_devices(summed_losses):
   family = _family(rpn_kwargs={"batch_size_per_image": 512},
                    roi_kwargs={"batch_size_per_image": 128})
   variables = _variables(family)
   batch = jax.tree.map(jnp.asarray, _batch(3, b=4, seed=3))
   key = jax.random.PRNGKey(0)
 
-  def local(v, b):
-    total, terms, _ = family.train_loss(v, b, rng=key, axis_name="data")
-    return jax.lax.psum(total, "data"), jax.tree.map(lambda t: jax.lax.psum(t, "data"), terms)
-
-  results = []
-  for n in (1, 2):
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:n])
-    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
-                               check_vma=False))
-    results.append(fn(variables, batch))
+  results = [summed_losses(family, variables, batch, key, n) for n in (1, 2)]
   (t1, terms1), (t2, terms2) = results
   np.testing.assert_allclose(float(t1), float(t2), rtol=1e-5)
   for name in TERMS:
@@ -538,22 +527,16 @@ def _gt_box_mask_iou(family, variables, batches):
 
 
 @pytest.mark.slow
-def test_learns_shapes(shapes_dir):
+def test_learns_shapes(shapes_dir, shapes_data):
   # A tiny FPN Mask R-CNN on 64 px shapes images (ResNet-18 width 8 + 16-channel FPN, 16-channel
   # 2-conv mask head), 120 steps of 8 images, the whole Mask R-CNN loss. Asserts the mask loss
   # falls and the mask IoU at the gt boxes rises well above the untrained model's.
-  import ml_collections  # noqa: PLC0415
   import optax  # noqa: PLC0415
 
   from jaxvision.data import builder  # noqa: PLC0415
 
   start = time.time()
-  data = ml_collections.ConfigDict({
-      "name": "shapes", "data_dir": shapes_dir, "train_split": "train", "eval_split": "validation",
-      "image_size": (64, 64), "batch_size": 8, "eval_batch_size": 50, "max_boxes": 8,
-      "mask_stride": 2, "keep_masks": True, "seed": 0,
-      "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-      "augment": {"flip": True, "photometric": False, "elastic": False, "scale_jitter": None}})
+  data = shapes_data(shapes_dir, image_size=(64, 64), mask_stride=2, keep_masks=True)
   train = builder.make_split(data, train=True)
   val = builder.make_split(data, train=False)
   val = [val[i] for i in range(2)]

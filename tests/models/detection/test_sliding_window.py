@@ -159,28 +159,18 @@ def test_bad_config_raises():
     MODELS["sliding_window"]({}, 0)
 
 
-def run_learning(shapes_dir, name, model, *, steps, batch_size, lr, proposals=None,
-                 max_proposals=None, num_val=100):
-  """Trains ``MODELS[name]`` on shapes for ``steps`` Adam steps; VOC mAP@0.5 on ``num_val``
-  validation images before and after. Returns the measurements (printed)."""
+def run_learning(data, name, model, *, steps, lr, num_val=100):
+  """Trains ``MODELS[name]`` on the shapes ``data`` block (the ``shapes_data`` fixture; its batch
+  size and proposals) for ``steps`` Adam steps; VOC mAP@0.5 on ``num_val`` validation images before
+  and after. Returns the measurements (printed)."""
   import time  # noqa: PLC0415
 
-  import ml_collections  # noqa: PLC0415
   import optax  # noqa: PLC0415
 
   from jaxvision.data import builder  # noqa: PLC0415
   from jaxvision.eval.voc import VocEvaluator  # noqa: PLC0415
 
   start = time.time()
-  data = ml_collections.ConfigDict({
-      "name": "shapes", "data_dir": shapes_dir, "train_split": "train",
-      "eval_split": "validation", "image_size": (128, 128),
-      "batch_size": batch_size, "eval_batch_size": 50, "max_boxes": 8, "mask_stride": 1,
-      "keep_masks": False, "seed": 0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-      "augment": {"flip": True, "photometric": False, "elastic": False, "scale_jitter": None}})
-  if proposals:
-    data.proposals = proposals
-    data.max_proposals = max_proposals
   train = builder.make_split(data, train=True)
   val = builder.make_split(data, train=False)
   val = [val[i] for i in range(min(len(val), max(num_val // 50, 1)))]
@@ -223,12 +213,12 @@ def run_learning(shapes_dir, name, model, *, steps, batch_size, lr, proposals=No
 
 
 @pytest.mark.slow
-def test_learns_shapes(shapes_dir):
+def test_learns_shapes(shapes_dir, shapes_data):
   # Measured 2026-11-21 with these settings (same run_learning, via a script): loss 2.62 -> 1.52,
   # mAP@0.5 on 100 validation images 0.001 -> 0.068; 103 s CPU time (220 s wall on the loaded
   # 2-core CPU, excluding dataset preparation). Over the 90 s wall budget on that machine.
-  result = run_learning(shapes_dir, "sliding_window", {
+  result = run_learning(shapes_data(shapes_dir, batch_size=8), "sliding_window", {
       "features": (8, 16, 32), "hidden": 64, "windows_per_image": 32, "positive_fraction": 0.5,
-      "detections_per_image": 30}, steps=300, batch_size=8, lr=6e-3)
+      "detections_per_image": 30}, steps=300, lr=6e-3)
   assert result["loss_last"] < 0.8 * result["loss_first"], result
   assert result["map_trained"] > max(0.03, result["map_untrained"] + 0.02), result
