@@ -49,6 +49,51 @@ models normalize inside the model (``GeneralizedRCNNTransform``: min size 800, m
 jaxvision normalization and resizing belong to the data pipeline (``config.data``), so a config that
 fine-tunes converted weights must keep ``normalize_image``'s default constants.
 
+Whole detection models (``convert_fasterrcnn_resnet50_fpn``, ``convert_maskrcnn_resnet50_fpn``,
+``convert_retinanet_resnet50_fpn``, ``convert_fcos_resnet50_fpn``, ``convert_ssd300_vgg16``;
+tests/weights/test_detection_weights.py, fixtures from tests/fixtures/gen_detection.py). They
+convert into jaxvision's torchvision configurations; ``detection_model_config`` (R-CNNs:
+``preset="torchvision_fpn"``), ``retinanet_model_config`` (``anchor_style="torchvision"``,
+``fpn_extra="p6p7_from_p5"``, ...), ``fcos_model_config`` (``points_style="torchvision"``,
+``threshold_on="score"``, ...) and ``ssd_model_config`` (``preset="torchvision_ssd300"``) return
+the model config and ``K`` for a file. On the same network input these give torchvision's
+features, RPN/head outputs, anchors, proposals, detections and pasted masks (parity numbers in
+the tests). What differs is the *input*: torchvision's detectors wrap the network in
+``GeneralizedRCNNTransform``, jaxvision does that work in the data pipeline (``config.data``), so
+match it there:
+
+* Input: torchvision takes RGB in ``[0, 1]`` and normalizes inside the model with the ImageNet
+  mean/std above; jaxvision's pipeline normalizes (``normalize_image``, the same constants) and the
+  model takes the normalized image. Keep ``normalize_image``'s defaults.
+* Resize: torchvision scales each image by ``min(800 / short side, 1333 / long side)`` (bilinear,
+  ``align_corners=False``, *no* antialiasing) and pads the batch at the bottom/right with zeros
+  (after normalization) to a multiple of 32. jaxvision resizes to fit ``config.data.image_size``
+  keeping the aspect ratio (``resize_keep_aspect``, antialiased by default) and pads with 0 after
+  normalization. ``image_size=(800, 1344)`` reproduces torchvision's scale for landscape images up
+  to 4:3 (e.g. COCO's 640 x 480 -> 1067 x 800 in both); portrait images are scaled to fit the 800
+  rows (torchvision would give them 800 columns), and downscaled images differ slightly by the
+  antialiasing. Both clip boxes to the real (unpadded) image (``image_hw``), and torchvision's
+  anchors, like jaxvision's ``torchvision`` anchor rules, use the padded size (``image // map``
+  strides), so the padded size must be the same multiple of 32 for identical anchors.
+* SSD300 (``ssd300_vgg16``) differs: its transform stretches every image to exactly 300 x 300
+  (the aspect ratio is not kept; jaxvision's ``image_size=(300, 300)`` fits and pads instead) and
+  normalizes Caffe-style, ``255 x - 255 mean`` with mean ``(0.48235, 0.45882, 0.40784)``: set
+  ``config.data.mean = (0.48235, 0.45882, 0.40784)`` and ``config.data.std = (1 / 255,) * 3``.
+* Output: torchvision maps boxes back to the original image in its transform; jaxvision returns
+  network-input coordinates and the evaluators map them back with the batch's ``scale``.
+* Classes: the R-CNNs' and SSD's ``K + 1`` softmax (0 = background) and jaxvision's agree, labels
+  equal; RetinaNet's and FCOS's sigmoid heads have a background channel 0 that jaxvision drops
+  (labels equal again, COCO category ids for the COCO files).
+
+Loading a downloaded file (e.g. ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``)::
+
+  from jaxvision.weights import load_state_dict, detection_model_config, load_model_into
+  config, k = detection_model_config(load_state_dict(path))      # the matching model config
+  family = MODELS[config.pop("name")](config, k)
+  variables = family.init(key, batch)                         # or jax.eval_shape(...)
+  variables = load_model_into(variables, path, "fasterrcnn_resnet50_fpn")   # checked, whole model
+  family.predict(variables, batch)
+
 Wiring ``config.init_from`` (for the training loop, ``jaxvision.train.loop._init_state``): after
 the family's initial variables, before ``tx.init(params)``, replace the backbone sub-tree by the
 converted file, checked::
@@ -68,12 +113,17 @@ restores its own checkpoint over these values, as it does over a random initiali
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["convert_resnet", "convert_vgg16", "convert_backbone", "convert_deeplabv3",
-           "convert_fcn_resnet", "load_into",
+           "convert_fcn_resnet", "convert_fasterrcnn_resnet50_fpn", "convert_maskrcnn_resnet50_fpn",
+           "detection_model_config", "upgrade_legacy_detection_keys",
+           "convert_retinanet_resnet50_fpn", "retinanet_model_config", "load_into",
+           "load_model_into", "MODEL_CONVERTERS", "convert_fcos_resnet50_fpn", "fcos_model_config",
+           "convert_ssd300_vgg16", "ssd_model_config",
            "load_backbone_weights", "load_backbone_into", "check_variables", "infer_resnet_depth",
            "resnet_torchvision_keys", "vgg16_torchvision_keys", "conv_kernel", "linear_kernel",
            "conv_transpose_kernel", "WeightMismatchError"]
@@ -156,6 +206,11 @@ _FIELDS = {
     "bn": ("weight", "bias", "running_mean", "running_var"),
     "fc6": ("weight", "bias"),
     "fc7": ("weight", "bias"),
+    "linear": ("weight", "bias"),  # nn.Linear -> nn.Dense
+    "fc_flat": ("weight", "bias"),  # nn.Linear on a flattened [C, k, k] map -> nn.Dense on [k, k, C]
+    "conv_t_bias": ("weight", "bias"),  # nn.ConvTranspose2d -> nn.ConvTranspose (gather form)
+    "gn": ("weight", "bias"),  # nn.GroupNorm -> nn.GroupNorm (scale, bias in params)
+    "l2scale": ("scale_weight",),  # SSD's L2Norm scale -> L2Norm's "scale"
 }
 
 
@@ -230,6 +285,21 @@ def _convert(state_dict: Mapping[str, Any], table: Mapping[str, tuple[tuple[str,
     elif kind == "fc7":
       w = _ndim(fields["weight"], 2, f"{module}.weight")  # (F2, F)
       _set(params, path + ("kernel",), w.T[None, None])  # (1, 1, F, F2)
+      _set(params, path + ("bias",), np.asarray(fields["bias"]))
+    elif kind == "linear":
+      _set(params, path + ("kernel",), linear_kernel(fields["weight"]))
+      _set(params, path + ("bias",), np.asarray(fields["bias"]))
+    elif kind == "fc_flat":
+      k = _fc6_kernel(fields["weight"], fc6_channels)  # (k, k, C, F)
+      _set(params, path + ("kernel",), k.reshape(-1, k.shape[-1]))  # (k k C, F): NHWC flatten
+      _set(params, path + ("bias",), np.asarray(fields["bias"]))
+    elif kind == "l2scale":
+      _set(params, path + ("scale",), np.asarray(fields["scale_weight"]))
+    elif kind == "gn":
+      _set(params, path + ("scale",), np.asarray(fields["weight"]))
+      _set(params, path + ("bias",), np.asarray(fields["bias"]))
+    elif kind == "conv_t_bias":
+      _set(params, path + ("kernel",), conv_transpose_kernel(fields["weight"]))
       _set(params, path + ("bias",), np.asarray(fields["bias"]))
   out = {"params": params}
   if stats:
@@ -481,6 +551,418 @@ def convert_fcn_resnet(state_dict: Mapping[str, Any], *, depth: int | None = Non
 
 
 # ------------------------------------------------------------------------------------------------
+# Detection models: fasterrcnn_resnet50_fpn and maskrcnn_resnet50_fpn
+# ------------------------------------------------------------------------------------------------
+
+# torchvision < 0.13 module names (those of its released COCO checkpoints, e.g.
+# fasterrcnn_resnet50_fpn_coco-258fb6c6.pth) -> the current ones; torchvision itself renames them
+# on load (the ``_version`` checks of FeaturePyramidNetwork, RPNHead, MaskRCNNHeads and RetinaNet's
+# heads).
+_LEGACY_DETECTION_KEYS = (
+    (re.compile(r"^(backbone\.fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$"), r"\1.0.\2"),
+    (re.compile(r"^rpn\.head\.conv\.(weight|bias)$"), r"rpn.head.conv.0.0.\1"),
+    (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$"),
+     lambda m: f"roi_heads.mask_head.{int(m[1]) - 1}.0.{m[2]}"),
+)
+# RetinaNet's head towers only (FCOS's current names have the same form: conv.{3i}.weight).
+_LEGACY_RETINANET_HEAD = (
+    re.compile(r"^(head\.(?:classification|regression)_head\.conv)\.(\d+)\.(weight|bias)$"),
+    lambda m: f"{m[1]}.{int(m[2]) // 2}.0.{m[3]}")
+
+
+def upgrade_legacy_detection_keys(state_dict: Mapping[str, Any], *,
+                                  retinanet: bool = False) -> dict[str, Any]:
+  """``state_dict`` with torchvision < 0.13 detection key names renamed to the current ones.
+
+  ``backbone.fpn.inner_blocks.0.weight`` -> ``backbone.fpn.inner_blocks.0.0.weight`` (and
+  ``layer_blocks``), ``rpn.head.conv.weight`` -> ``rpn.head.conv.0.0.weight``,
+  ``roi_heads.mask_head.mask_fcn1.weight`` -> ``roi_heads.mask_head.0.0.weight``; with
+  ``retinanet``, RetinaNet's ``head.classification_head.conv.2.weight`` -> ``...conv.1.0.weight``.
+  Current names pass unchanged (torchvision's released ``*_coco`` checkpoints use the old ones).
+  """
+  rules = _LEGACY_DETECTION_KEYS + ((_LEGACY_RETINANET_HEAD,) if retinanet else ())
+  out = {}
+  for key, value in state_dict.items():
+    for pattern, repl in rules:
+      new = pattern.sub(repl, key)
+      if new != key:
+        key = new
+        break
+    out[key] = value
+  return out
+
+
+def _count(state_dict: Mapping[str, Any], pattern: str) -> int:
+  """Number of consecutive indices ``i`` from 0 for which ``pattern.format(i)`` is a key."""
+  n = 0
+  while pattern.format(n) in state_dict:
+    n += 1
+  return n
+
+
+def _rcnn_table(state_dict: Mapping[str, Any], depth: int | None, what: str):
+  """``_convert`` table of torchvision's ``FasterRCNN`` with a ``resnet_fpn_backbone``."""
+  if depth is None:
+    depth = infer_resnet_depth(state_dict, "backbone.body.")
+    if depth is None:
+      raise WeightMismatchError(f"{what}: no ResNet-18/34/50/101 under 'backbone.body.'",
+                                unexpected=sorted(state_dict)[:_SHOWN])
+  table = {f"backbone.body.{m}": (("backbone",) + path, kind)
+           for m, (path, kind) in _resnet_table(depth).items()}
+  n_fpn = _count(state_dict, "backbone.fpn.inner_blocks.{}.0.weight")
+  if n_fpn == 0:
+    raise WeightMismatchError(f"{what}: no FPN ('backbone.fpn.inner_blocks.<i>')",
+                              unexpected=sorted(state_dict)[:_SHOWN])
+  first = 6 - n_fpn  # torchvision returns layer1..4 = C2..C5 (fewer with returned_layers)
+  for i in range(n_fpn):
+    table[f"backbone.fpn.inner_blocks.{i}.0"] = (("neck", f"lateral_C{first + i}", "conv"),
+                                                 "conv_bias")
+    table[f"backbone.fpn.layer_blocks.{i}.0"] = (("neck", f"output_P{first + i}", "conv"),
+                                                 "conv_bias")
+  table["rpn.head.conv.0.0"] = (("rpn_head", "conv"), "conv_bias")
+  table["rpn.head.cls_logits"] = (("rpn_head", "cls_logits"), "conv_bias")
+  table["rpn.head.bbox_pred"] = (("rpn_head", "bbox_pred"), "conv_bias")
+  table["roi_heads.box_head.fc6"] = (("box_head", "fc6"), "fc_flat")
+  table["roi_heads.box_head.fc7"] = (("box_head", "fc7"), "linear")
+  table["roi_heads.box_predictor.cls_score"] = (("box_predictor", "cls_score"), "linear")
+  table["roi_heads.box_predictor.bbox_pred"] = (("box_predictor", "bbox_pred"), "linear")
+  fpn_channels = int(np.shape(state_dict["backbone.fpn.inner_blocks.0.0.weight"])[0])
+  return table, depth, fpn_channels
+
+
+def convert_fasterrcnn_resnet50_fpn(state_dict: Mapping[str, Any], *, depth: int | None = None,
+                                    norm: str = "frozen") -> dict:
+  """torchvision ``fasterrcnn_resnet50_fpn`` state dict -> variables of
+  ``make_faster_rcnn({"preset": "torchvision_fpn"}, num_classes)``'s module.
+
+  Mapping (kernels transposed as in the module docstring):
+
+  * ``backbone.body.*`` -> ``backbone/...`` (``convert_resnet``; FrozenBatchNorm: all four arrays
+    in ``batch_stats`` with ``norm="frozen"``, the preset's backbone norm).
+  * ``backbone.fpn.inner_blocks.{i}.0`` / ``layer_blocks.{i}.0`` -> ``neck/lateral_C{i+2}/conv``
+    / ``neck/output_P{i+2}/conv`` (``P6`` is a max pool: no weights).
+  * ``rpn.head.conv.0.0``, ``cls_logits``, ``bbox_pred`` -> ``rpn_head/conv``, ``cls_logits``
+    (``k`` sigmoid logits), ``bbox_pred``; channel ``a * 4 + c`` is anchor ``a``'s delta ``c`` in
+    both libraries.
+  * ``roi_heads.box_head.fc6`` (``Linear(C * 7 * 7, 1024)`` on the ``[C, 7, 7]`` RoI features
+    flattened channel-first) -> ``box_head/fc6`` (``Dense`` on ``[7, 7, C]`` flattened
+    channel-last: the weight is reordered), ``fc7`` -> ``box_head/fc7``.
+  * ``roi_heads.box_predictor.cls_score`` (``K + 1`` classes, 0 = background) and ``bbox_pred``
+    (``4 (K + 1)``, the preset's ``box_background_slot``) -> ``box_predictor/...``.
+
+  Key names of torchvision < 0.13 (its released ``*_coco`` files) are accepted
+  (``upgrade_legacy_detection_keys``); ``num_batches_tracked`` is dropped. Widths and the number
+  of classes follow the state dict (``detection_model_config`` gives the matching model config).
+
+  Args:
+    state_dict: ``{name: array}``.
+    depth: the ResNet depth (None: read from the keys).
+    norm: ``"frozen"`` (torchvision's detection backbones, the preset) or ``"batch"``.
+
+  Raises:
+    WeightMismatchError: missing or unexpected keys (a Mask R-CNN file names its mask keys: use
+      ``convert_maskrcnn_resnet50_fpn``).
+  """
+  state_dict = upgrade_legacy_detection_keys(state_dict)
+  what = "torchvision fasterrcnn_resnet50_fpn state dict"
+  table, _, channels = _rcnn_table(state_dict, depth, what)
+  hint = ("it has a mask branch: use convert_maskrcnn_resnet50_fpn."
+          if any(k.startswith("roi_heads.mask_") for k in state_dict) else "")
+  return _convert(state_dict, table, norm=norm, prefix="", skip=(), what=what, hint=hint,
+                  fc6_channels=channels)
+
+
+def convert_maskrcnn_resnet50_fpn(state_dict: Mapping[str, Any], *, depth: int | None = None,
+                                  norm: str = "frozen") -> dict:
+  """torchvision ``maskrcnn_resnet50_fpn`` state dict -> variables of
+  ``make_mask_rcnn({"preset": "torchvision_fpn"}, num_classes)``'s module.
+
+  Everything of ``convert_fasterrcnn_resnet50_fpn``, plus the mask branch:
+  ``roi_heads.mask_head.{i}.0`` (``MaskRCNNHeads``' 3x3 convolutions) ->
+  ``mask_head/mask_fcn{i+1}``,
+  ``roi_heads.mask_predictor.conv5_mask`` (``ConvTranspose2d(2, stride 2)``) ->
+  ``mask_head/conv5_mask`` (``conv_transpose_kernel``, gather form) and ``mask_fcn_logits``
+  (``K + 1`` channels, 0 = background: ``mask_head.background_slot``, which the preset's
+  ``box_background_slot`` implies) -> ``mask_head/mask_fcn_logits``.
+  """
+  state_dict = upgrade_legacy_detection_keys(state_dict)
+  what = "torchvision maskrcnn_resnet50_fpn state dict"
+  table, _, channels = _rcnn_table(state_dict, depth, what)
+  n_convs = _count(state_dict, "roi_heads.mask_head.{}.0.weight")
+  if n_convs == 0 or "roi_heads.mask_predictor.mask_fcn_logits.weight" not in state_dict:
+    raise WeightMismatchError(f"{what}: no mask branch ('roi_heads.mask_head.<i>', "
+                              "'roi_heads.mask_predictor'); a Faster R-CNN file needs "
+                              "convert_fasterrcnn_resnet50_fpn",
+                              missing=["roi_heads.mask_head.0.0.weight",
+                                       "roi_heads.mask_predictor.mask_fcn_logits.weight"])
+  for i in range(n_convs):
+    table[f"roi_heads.mask_head.{i}.0"] = (("mask_head", f"mask_fcn{i + 1}"), "conv_bias")
+  table["roi_heads.mask_predictor.conv5_mask"] = (("mask_head", "conv5_mask"), "conv_t_bias")
+  table["roi_heads.mask_predictor.mask_fcn_logits"] = (("mask_head", "mask_fcn_logits"),
+                                                       "conv_bias")
+  return _convert(state_dict, table, norm=norm, prefix="", skip=(), what=what,
+                  fc6_channels=channels)
+
+
+def detection_model_config(state_dict: Mapping[str, Any]) -> tuple[dict, int]:
+  """``(model_config, num_classes)`` of the jaxvision model a torchvision ``fasterrcnn_`` /
+  ``maskrcnn_resnet50_fpn`` state dict converts into: the ``torchvision_fpn`` preset with the
+  file's ResNet depth, FPN width, box-head width (and mask-head width and depth) and ``K`` =
+  ``cls_score`` rows - 1. For ``make_faster_rcnn`` / ``make_mask_rcnn`` (``config.model``)."""
+  sd = upgrade_legacy_detection_keys(state_dict)
+  table, depth, channels = _rcnn_table(sd, None, "torchvision detection state dict")
+  del table
+  for key in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_head.fc6.weight"):
+    if key not in sd:
+      raise WeightMismatchError("torchvision detection state dict", missing=[key])
+  num_classes = int(np.shape(sd["roi_heads.box_predictor.cls_score.weight"])[0]) - 1
+  config: dict[str, Any] = {
+      "name": "faster_rcnn", "preset": "torchvision_fpn",
+      "backbone": {"name": f"resnet{depth}", "norm": "frozen"},
+      "neck": {"features": channels},
+      "box_head": {"kind": "mlp",
+                   "representation_size": int(np.shape(sd["roi_heads.box_head.fc6.weight"])[0])},
+  }
+  n_convs = _count(sd, "roi_heads.mask_head.{}.0.weight")
+  if n_convs:
+    config["name"] = "mask_rcnn"
+    config["mask_head"] = {  # the preset sets aligned=False, paste="torchvision", background slot
+        "num_convs": n_convs,
+        "conv_features": int(np.shape(sd["roi_heads.mask_head.0.0.weight"])[0])}
+  return config, num_classes
+
+
+def _drop_class0(weight, bias, num_anchors: int):
+  """A class head's ``[A (K + 1), ...]`` weight and bias without each anchor's class 0."""
+  w, b = np.asarray(weight), np.asarray(bias)
+  if w.shape[0] % num_anchors or w.shape[0] // num_anchors < 2:
+    raise ValueError(f"class logits weight {w.shape}: {w.shape[0]} outputs are not "
+                     f"{num_anchors} anchors x (K + 1 >= 2) classes.")
+  c = w.shape[0] // num_anchors
+  rest = w.shape[1:]
+  w = w.reshape((num_anchors, c) + rest)[:, 1:].reshape((num_anchors * (c - 1),) + rest)
+  return w, b.reshape(num_anchors, c)[:, 1:].reshape(-1)
+
+
+def convert_retinanet_resnet50_fpn(state_dict: Mapping[str, Any], *, depth: int | None = None,
+                                   norm: str = "frozen") -> dict:
+  """torchvision ``retinanet_resnet50_fpn`` state dict -> variables of ``make_retinanet(config,
+  num_classes - 1)``'s module, ``config = retinanet_model_config(state_dict)[0]``.
+
+  Mapping: ``backbone.body.*`` -> ``backbone/...`` (frozen BatchNorm);
+  ``backbone.fpn.inner_blocks.{i}.0`` / ``layer_blocks.{i}.0`` -> ``neck/lateral_C{i+3}/conv`` /
+  ``neck/output_P{i+3}/conv``; ``backbone.fpn.extra_blocks.p6/p7`` -> ``neck/p6``, ``neck/p7``
+  (computed from ``P5``: ``fpn_extra="p6p7_from_p5"``); ``head.classification_head.conv.{i}.0``
+  -> ``head/cls_subnet/conv{i}/conv``, ``cls_logits`` -> ``head/cls_logits``;
+  ``head.regression_head.conv.{i}.0`` -> ``head/box_subnet/conv{i}/conv``, ``bbox_reg`` ->
+  ``head/bbox_deltas``. Output channels are anchor-major in both libraries (``a * K + k``,
+  ``a * 4 + c``).
+
+  Classes: torchvision's RetinaNet has ``num_classes`` outputs per anchor *including* the
+  background, class 0, which is never a positive (its COCO model: 91 = 90 category ids +
+  background). jaxvision's sigmoid heads predict ``K`` foreground classes with labels ``1..K`` on
+  channels ``0..K-1``, so channel 0 is dropped: ``K = num_classes - 1`` and a jaxvision label equals
+  torchvision's label (the COCO category id for the COCO model).
+  """
+  state_dict = upgrade_legacy_detection_keys(state_dict, retinanet=True)
+  what = "torchvision retinanet_resnet50_fpn state dict"
+  table = _fpn_p3_table(state_dict, depth, what)
+  for head, sub, out, dst in (("classification_head", "cls_subnet", "cls_logits", "cls_logits"),
+                              ("regression_head", "box_subnet", "bbox_reg", "bbox_deltas")):
+    for i in range(_count(state_dict, f"head.{head}.conv.{{}}.0.weight")):
+      table[f"head.{head}.conv.{i}.0"] = (("head", sub, f"conv{i}", "conv"), "conv_bias")
+    table[f"head.{head}.{out}"] = (("head", dst), "conv_bias")
+  out = _convert(state_dict, table, norm=norm, prefix="", skip=(), what=what)
+  a = int(np.shape(state_dict["head.regression_head.bbox_reg.weight"])[0]) // 4
+  cls = out["params"]["head"]["cls_logits"]
+  w, b = _drop_class0(cls["kernel"].transpose(3, 2, 0, 1), cls["bias"], a)
+  cls["kernel"], cls["bias"] = conv_kernel(w), b
+  return out
+
+
+def retinanet_model_config(state_dict: Mapping[str, Any]) -> tuple[dict, int]:
+  """``(model_config, K)`` of the jaxvision RetinaNet a torchvision ``retinanet_resnet50_fpn``
+  state dict converts into (``make_retinanet(model_config, K)``): torchvision's architecture and
+  inference settings (frozen BatchNorm, ``P6``/``P7`` from ``P5``, its anchors, boxes clipped to
+  zero size kept, 300 detections, L1 box loss) with the file's widths; ``K`` = its
+  ``num_classes - 1`` (see ``convert_retinanet_resnet50_fpn``)."""
+  sd = upgrade_legacy_detection_keys(state_dict, retinanet=True)
+  depth = infer_resnet_depth(sd, "backbone.body.")
+  need = ["head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight",
+          "backbone.fpn.inner_blocks.0.0.weight", "head.classification_head.conv.0.0.weight"]
+  missing = [k for k in need if k not in sd]
+  if depth is None or missing:
+    raise WeightMismatchError("torchvision retinanet_resnet50_fpn state dict", missing=missing,
+                              hint="" if depth else "no ResNet under 'backbone.body.'.")
+  a = int(np.shape(sd["head.regression_head.bbox_reg.weight"])[0]) // 4
+  k = int(np.shape(sd["head.classification_head.cls_logits.weight"])[0]) // a - 1
+  config = {
+      "name": "retinanet", "backbone": f"resnet{depth}", "backbone_args": {"norm": "frozen"},
+      "fpn_features": int(np.shape(sd["backbone.fpn.inner_blocks.0.0.weight"])[0]),
+      "fpn_extra": "p6p7_from_p5",
+      "head_features": int(np.shape(sd["head.classification_head.conv.0.0.weight"])[0]),
+      "head_convs": _count(sd, "head.classification_head.conv.{}.0.weight"),
+      "anchor_style": "torchvision", "drop_empty_boxes": False, "box_loss": "l1",
+      "max_detections": 300,
+  }
+  return config, k
+
+
+def _fpn_p3_table(state_dict: Mapping[str, Any], depth: int | None, what: str) -> dict:
+  """Backbone + ``P3..P7`` FPN (``LastLevelP6P7``) part of RetinaNet's and FCOS's tables."""
+  if depth is None:
+    depth = infer_resnet_depth(state_dict, "backbone.body.")
+    if depth is None:
+      raise WeightMismatchError(f"{what}: no ResNet-18/34/50/101 under 'backbone.body.'",
+                                unexpected=sorted(state_dict)[:_SHOWN])
+  table = {f"backbone.body.{m}": (("backbone",) + path, kind)
+           for m, (path, kind) in _resnet_table(depth).items()}
+  n_fpn = _count(state_dict, "backbone.fpn.inner_blocks.{}.0.weight")
+  for i in range(n_fpn):
+    table[f"backbone.fpn.inner_blocks.{i}.0"] = (("neck", f"lateral_C{6 - n_fpn + i}", "conv"),
+                                                 "conv_bias")
+    table[f"backbone.fpn.layer_blocks.{i}.0"] = (("neck", f"output_P{6 - n_fpn + i}", "conv"),
+                                                 "conv_bias")
+  table["backbone.fpn.extra_blocks.p6"] = (("neck", "p6"), "conv_bias")
+  table["backbone.fpn.extra_blocks.p7"] = (("neck", "p7"), "conv_bias")
+  return table
+
+
+def convert_fcos_resnet50_fpn(state_dict: Mapping[str, Any], *, depth: int | None = None,
+                              norm: str = "frozen") -> dict:
+  """torchvision ``fcos_resnet50_fpn`` state dict -> variables of ``make_fcos(config, K)``'s
+  module, ``(config, K) = fcos_model_config(state_dict)``.
+
+  Mapping: backbone and ``P3..P7`` FPN as ``convert_retinanet_resnet50_fpn``;
+  ``head.classification_head.conv.{3i}`` (conv) / ``conv.{3i+1}`` (``GroupNorm(32)``) ->
+  ``head/cls_tower/conv{i}/conv`` / ``norm``, ``cls_logits`` -> ``head/cls_logits`` (class 0,
+  the background, dropped: ``K = num_classes - 1``, labels equal torchvision's);
+  ``head.regression_head.conv.*`` -> ``head/reg_tower/...``, ``bbox_reg`` -> ``head/bbox_reg``,
+  ``bbox_ctrness`` -> ``head/centerness`` (computed from the regression tower:
+  ``centerness_on_reg``). torchvision has no per-level scale on the distances: the scales
+  ``head/scale_P3..P7`` are set to 1 (``relu(1 * x)``, in units of torchvision's anchor sizes
+  ``2^l``, the ``"relu"`` activation).
+  """
+  state_dict = upgrade_legacy_detection_keys(state_dict)
+  what = "torchvision fcos_resnet50_fpn state dict"
+  table = _fpn_p3_table(state_dict, depth, what)
+  for head, sub in (("classification_head", "cls_tower"), ("regression_head", "reg_tower")):
+    i = 0  # Sequential of (conv, GroupNorm, ReLU) x num_convs: conv.0, conv.1, conv.3, ...
+    while f"head.{head}.conv.{3 * i}.weight" in state_dict:
+      table[f"head.{head}.conv.{3 * i}"] = (("head", sub, f"conv{i}", "conv"), "conv_bias")
+      table[f"head.{head}.conv.{3 * i + 1}"] = (("head", sub, f"conv{i}", "norm"), "gn")
+      i += 1
+  table["head.classification_head.cls_logits"] = (("head", "cls_logits"), "conv_bias")
+  table["head.regression_head.bbox_reg"] = (("head", "bbox_reg"), "conv_bias")
+  table["head.regression_head.bbox_ctrness"] = (("head", "centerness"), "conv_bias")
+  out = _convert(state_dict, table, norm=norm, prefix="", skip=(), what=what)
+  cls = out["params"]["head"]["cls_logits"]
+  w, b = _drop_class0(cls["kernel"].transpose(3, 2, 0, 1), cls["bias"], 1)
+  cls["kernel"], cls["bias"] = conv_kernel(w), b
+  levels = [f"P{6 - _count(state_dict, 'backbone.fpn.inner_blocks.{}.0.weight') + i}"
+            for i in range(_count(state_dict, "backbone.fpn.inner_blocks.{}.0.weight") + 2)]
+  for name in levels:  # P3..P7
+    out["params"]["head"][f"scale_{name}"] = np.ones((), np.float32)
+  return out
+
+
+def fcos_model_config(state_dict: Mapping[str, Any]) -> tuple[dict, int]:
+  """``(model_config, K)`` of the jaxvision FCOS a torchvision ``fcos_resnet50_fpn`` state dict
+  converts into (``make_fcos(model_config, K)``): torchvision's architecture and inference
+  (frozen BatchNorm, its locations, GroupNorm epsilon 1e-5, candidates by the combined score
+  > 0.2, boxes clipped to zero size kept) with the file's widths; ``K = num_classes - 1``."""
+  sd = upgrade_legacy_detection_keys(state_dict)
+  depth = infer_resnet_depth(sd, "backbone.body.")
+  need = ["head.classification_head.cls_logits.weight", "backbone.fpn.inner_blocks.0.0.weight",
+          "head.classification_head.conv.0.weight", "head.regression_head.bbox_ctrness.weight"]
+  missing = [k for k in need if k not in sd]
+  if depth is None or missing:
+    raise WeightMismatchError("torchvision fcos_resnet50_fpn state dict", missing=missing,
+                              hint="" if depth else "no ResNet under 'backbone.body.'.")
+  n_convs = 0
+  while f"head.classification_head.conv.{3 * n_convs}.weight" in sd:
+    n_convs += 1
+  config = {
+      "name": "fcos", "backbone": f"resnet{depth}", "backbone_args": {"norm": "frozen"},
+      "fpn_features": int(np.shape(sd["backbone.fpn.inner_blocks.0.0.weight"])[0]),
+      "fpn_extra": "p6p7_from_p5",
+      "head_features": int(np.shape(sd["head.classification_head.conv.0.weight"])[0]),
+      "head_convs": n_convs, "head_norm": "group", "head_norm_epsilon": 1e-5,
+      "centerness_on_reg": True, "reg_activation": "relu", "points_style": "torchvision",
+      "threshold_on": "score", "score_threshold": 0.2, "drop_empty_boxes": False,
+  }
+  return config, int(np.shape(sd["head.classification_head.cls_logits.weight"])[0]) - 1
+
+
+def convert_ssd300_vgg16(state_dict: Mapping[str, Any]) -> dict:
+  """torchvision ``ssd300_vgg16`` state dict -> variables of ``make_ssd(config, K)``'s module,
+  ``(config, K) = ssd_model_config(state_dict)`` (``preset="torchvision_ssd300"``).
+
+  Mapping: ``backbone.features.{i}`` (VGG-16 up to ``conv4_3``) -> ``backbone/conv{b}_{k}``;
+  ``backbone.extra.0`` (``pool4``, ``conv5_1..3``, then ``pool5`` 3x3/1, ``fc6`` 3x3 dilation 6,
+  ``fc7`` 1x1) -> ``backbone/conv5_{k}``, ``backbone/fc6``, ``backbone/fc7``;
+  ``backbone.scale_weight`` (``conv4_3``'s L2 normalization) -> ``conv4_3_l2norm/scale``;
+  ``backbone.extra.{i}.0`` / ``.2`` -> ``extra{i}_1/conv`` / ``extra{i}_2/conv``;
+  ``head.classification_head.module_list.{i}`` / ``regression_head`` -> ``cls_head{i+1}`` /
+  ``box_head{i+1}``. Both have ``K + 1`` softmax classes (0 = background) in the anchor-major
+  layout ``a * (K + 1) + c``; labels are equal.
+  """
+  what = "torchvision ssd300_vgg16 state dict"
+  table: dict[str, tuple[tuple[str, ...], str]] = {"backbone": (("conv4_3_l2norm",), "l2scale")}
+  # VGG-16 configuration D up to conv4_3 (features), then pool4 + conv5_x + fc6/fc7 (extra.0).
+  i, block, k = 0, 1, 1
+  for c in _VGG16_CFG[:13]:
+    if c == "M":
+      i, block, k = i + 1, block + 1, 1
+      continue
+    table[f"backbone.features.{i}"] = (("backbone", f"conv{block}_{k}"), "conv_bias")
+    i, k = i + 2, k + 1
+  for k in range(3):
+    table[f"backbone.extra.0.{1 + 2 * k}"] = (("backbone", f"conv5_{k + 1}"), "conv_bias")
+  table["backbone.extra.0.7.1"] = (("backbone", "fc6"), "conv_bias")
+  table["backbone.extra.0.7.3"] = (("backbone", "fc7"), "conv_bias")
+  e = 1
+  while f"backbone.extra.{e}.0.weight" in state_dict:
+    table[f"backbone.extra.{e}.0"] = ((f"extra{e}_1", "conv"), "conv_bias")
+    table[f"backbone.extra.{e}.2"] = ((f"extra{e}_2", "conv"), "conv_bias")
+    e += 1
+  n = _count(state_dict, "head.classification_head.module_list.{}.weight")
+  if e == 1 or n == 0:
+    raise WeightMismatchError(f"{what}: no SSD extras ('backbone.extra.<i>') or heads "
+                              "('head.classification_head.module_list.<i>')",
+                              unexpected=sorted(state_dict)[:_SHOWN])
+  for j in range(n):
+    table[f"head.classification_head.module_list.{j}"] = ((f"cls_head{j + 1}",), "conv_bias")
+    table[f"head.regression_head.module_list.{j}"] = ((f"box_head{j + 1}",), "conv_bias")
+  return _convert(state_dict, table, norm="batch", prefix="", skip=(), what=what)
+
+
+def ssd_model_config(state_dict: Mapping[str, Any]) -> tuple[dict, int]:
+  """``(model_config, K)`` for ``make_ssd`` matching a torchvision ``ssd300_vgg16`` state dict:
+  ``preset="torchvision_ssd300"`` with the file's widths (``vgg_width``, ``vgg_fc_features``,
+  ``extra_layers``); ``K`` = classes - 1 (the background)."""
+  need = ["backbone.features.0.weight", "backbone.extra.0.7.1.weight",
+          "head.classification_head.module_list.0.weight",
+          "head.regression_head.module_list.0.weight"]
+  missing = [k for k in need if k not in state_dict]
+  if missing:
+    raise WeightMismatchError("torchvision ssd300_vgg16 state dict", missing=missing)
+  extras, e = [], 1
+  while f"backbone.extra.{e}.0.weight" in state_dict:
+    c1 = int(np.shape(state_dict[f"backbone.extra.{e}.0.weight"])[0])
+    c3 = int(np.shape(state_dict[f"backbone.extra.{e}.2.weight"])[0])
+    extras.append((c1, c3, 2 if e <= 2 else 1, 1 if e <= 2 else 0))  # SSDFeatureExtractorVGG
+    e += 1
+  a0 = int(np.shape(state_dict["head.regression_head.module_list.0.weight"])[0]) // 4
+  k1 = int(np.shape(state_dict["head.classification_head.module_list.0.weight"])[0]) // a0
+  config = {"name": "ssd", "preset": "torchvision_ssd300",
+            "vgg_width": int(np.shape(state_dict["backbone.features.0.weight"])[0]),
+            "vgg_fc_features": int(np.shape(state_dict["backbone.extra.0.7.1.weight"])[0]),
+            "extra_layers": tuple(extras)}
+  return config, k1 - 1
+
+
+# ------------------------------------------------------------------------------------------------
 # Checked loading
 # ------------------------------------------------------------------------------------------------
 
@@ -658,3 +1140,47 @@ def load_backbone_into(variables: Mapping[str, Any], path: str | os.PathLike, ba
                                fc_as_conv=fc_as_conv)
   return load_into(variables, converted, at=at_path,
                    what=f"{os.fspath(path)} into {'/'.join(at_path) or 'the model'} ({backbone_name})")
+
+
+# Whole-model converters by torchvision's builder name (``load_model_into``).
+MODEL_CONVERTERS = {
+    "fasterrcnn_resnet50_fpn": convert_fasterrcnn_resnet50_fpn,
+    "maskrcnn_resnet50_fpn": convert_maskrcnn_resnet50_fpn,
+    "retinanet_resnet50_fpn": convert_retinanet_resnet50_fpn,
+    "fcos_resnet50_fpn": convert_fcos_resnet50_fpn,
+    "ssd300_vgg16": convert_ssd300_vgg16,
+    "deeplabv3_resnet50": convert_deeplabv3,
+    "deeplabv3_resnet101": convert_deeplabv3,
+    "fcn_resnet50": convert_fcn_resnet,
+    "fcn_resnet101": convert_fcn_resnet,
+}
+
+
+def load_model_into(variables: Mapping[str, Any], path: str | os.PathLike, model: str, *,
+                    key: str | None = None, **converter_kwargs) -> dict:
+  """A model's ``variables`` replaced *entirely* by a torchvision whole-model file, checked.
+
+  Args:
+    variables: the jaxvision model's variables (arrays, or ``jax.eval_shape`` structs), the
+      template every converted key and shape is checked against.
+    path: a ``.pth`` / safetensors / npz state dict (read safely, ``load_state_dict``).
+    model: torchvision's builder name, a key of ``MODEL_CONVERTERS``
+      (``"fasterrcnn_resnet50_fpn"``, ``"maskrcnn_resnet50_fpn"``, ``"retinanet_resnet50_fpn"``,
+      ``"deeplabv3_resnet50"``, ...).
+    key: the entry holding the state dict in a wrapped checkpoint (``"model"``).
+    converter_kwargs: passed to the converter (``depth``, ``norm``, ``aux``).
+
+  Returns:
+    New variables (``jax.Array`` of the template's dtypes).
+
+  Raises:
+    ValueError: an unknown ``model``.
+    WeightMismatchError: the file does not fit the model (every offending key listed; nothing
+      loaded).
+  """
+  from jaxvision.weights.io import load_state_dict  # noqa: PLC0415
+
+  if model not in MODEL_CONVERTERS:
+    raise ValueError(f"model must be one of {sorted(MODEL_CONVERTERS)}, got {model!r}.")
+  converted = MODEL_CONVERTERS[model](load_state_dict(path, key=key), **converter_kwargs)
+  return load_into(variables, converted, what=f"{os.fspath(path)} into the model ({model})")

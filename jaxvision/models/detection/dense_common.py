@@ -80,7 +80,8 @@ def _check_postprocess_args(score_threshold, iou_threshold, pre_nms_top_k, max_d
 
 def postprocess_single(boxes, scores, image_hw=None, *, score_threshold: float = 0.01,
                        iou_threshold: float = 0.45, pre_nms_top_k: int = 1000,
-                       max_detections: int = 100, min_size: float = 0.0):
+                       max_detections: int = 100, min_size: float = 0.0,
+                       top_k_per_class: bool = False, drop_empty: bool = True):
   """Detections of one image: clip, score threshold, top-k, class-aware NMS, D fixed slots.
 
   Args:
@@ -96,6 +97,10 @@ def postprocess_single(boxes, scores, image_hw=None, *, score_threshold: float =
     max_detections: ``D``, the number of output slots.
     min_size: boxes (after clipping) with a width or height ``<= min_size`` are dropped (zero-size
       boxes are always dropped: a box clipped away entirely is not a detection).
+    top_k_per_class: ``pre_nms_top_k`` candidates *per class* (torchvision's SSD: 400 per class)
+      instead of over all (box, class) pairs.
+    drop_empty: False keeps boxes clipped to zero size and ignores ``min_size`` (torchvision's
+      SSD, for identical detections with converted weights).
 
   Returns:
     ``{"boxes" [D, 4], "scores" [D], "labels" int32 [D] (1..K, 0 where invalid), "valid" bool [D]}``
@@ -114,13 +119,22 @@ def postprocess_single(boxes, scores, image_hw=None, *, score_threshold: float =
   if image_hw is not None:
     boxes = box_ops.clip_boxes(boxes, image_hw)
   box_ok = box_ops.is_valid_box(boxes, float(min_size))  # [N] or [N, K]
+  if not drop_empty:
+    box_ok = jnp.ones_like(box_ok)
   if boxes.ndim == 2:
     box_ok = box_ok[:, None]
   candidate = box_ok & (scores > score_threshold) & ~jnp.isnan(scores)  # [N, K]
-  flat = jnp.where(candidate, scores, -jnp.inf).reshape(-1)  # [N K], pair (i, c) at i K + c
-  top = min(pre_nms_top_k, n * k)
-  top_scores, top_idx = jax.lax.top_k(flat, top)  # [top]; ties: lower index first
-  box_idx, cls = top_idx // k, top_idx % k
+  if top_k_per_class:  # each class's best boxes, class by class (torchvision's SSD)
+    per_class = jnp.where(candidate, scores, -jnp.inf).T  # [K, N]
+    t = min(pre_nms_top_k, n)
+    top_scores, box_idx = jax.lax.top_k(per_class, t)  # [K, t]
+    cls = jnp.broadcast_to(jnp.arange(k, dtype=box_idx.dtype)[:, None], (k, t)).reshape(-1)
+    top_scores, box_idx = top_scores.reshape(-1), box_idx.reshape(-1)
+  else:
+    flat = jnp.where(candidate, scores, -jnp.inf).reshape(-1)  # [N K], pair (i, c) at i K + c
+    top = min(pre_nms_top_k, n * k)
+    top_scores, top_idx = jax.lax.top_k(flat, top)  # [top]; ties: lower index first
+    box_idx, cls = top_idx // k, top_idx % k
   top_boxes = boxes[box_idx] if boxes.ndim == 2 else boxes[box_idx, cls]  # [top, 4]
   top_ok = jnp.isfinite(top_scores)  # -inf marks a non-candidate that filled the top-k
   keep, valid = nms_ops.batched_nms(top_boxes, jnp.where(top_ok, top_scores, jnp.nan), cls,
@@ -134,15 +148,15 @@ def postprocess_single(boxes, scores, image_hw=None, *, score_threshold: float =
 
 def postprocess(boxes, scores, image_hw=None, *, score_threshold: float = 0.01,
                 iou_threshold: float = 0.45, pre_nms_top_k: int = 1000, max_detections: int = 100,
-                min_size: float = 0.0):
+                min_size: float = 0.0, top_k_per_class: bool = False, drop_empty: bool = True):
   """``postprocess_single`` vmapped over a batch: the detection output of every dense detector.
 
   Args:
     boxes: ``[B, N, 4]`` (or class-specific ``[B, N, K, 4]``) xyxy boxes in network-input pixels.
     scores: ``[B, N, K]`` foreground class scores (column ``k - 1`` = label ``k``).
     image_hw: optional ``[B, 2]`` (h, w) of each real image (the batch's ``image_hw``) to clip to.
-    score_threshold, iou_threshold, pre_nms_top_k, max_detections, min_size: see
-      ``postprocess_single``.
+    score_threshold, iou_threshold, pre_nms_top_k, max_detections, min_size, top_k_per_class,
+      drop_empty: see ``postprocess_single``.
 
   Returns:
     ``{"boxes" [B, D, 4], "scores" [B, D], "labels" int32 [B, D], "valid" bool [B, D]}`` with
@@ -162,7 +176,8 @@ def postprocess(boxes, scores, image_hw=None, *, score_threshold: float = 0.01,
                      f"{tuple(boxes.shape)} and scores {tuple(scores.shape)}.")
   fn = functools.partial(postprocess_single, score_threshold=score_threshold,
                          iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k,
-                         max_detections=max_detections, min_size=min_size)
+                         max_detections=max_detections, min_size=min_size,
+                         top_k_per_class=top_k_per_class, drop_empty=drop_empty)
   if image_hw is None:
     return jax.vmap(lambda b, s: fn(b, s, None))(boxes, scores)
   image_hw = check_array(image_hw, "image_hw", shape=(boxes.shape[0], 2), kind="numeric")

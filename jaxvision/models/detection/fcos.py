@@ -78,6 +78,8 @@ __all__ = [
 ]
 
 REG_ACTIVATIONS = ("exp", "relu")
+POINT_STYLES = ("paper", "torchvision")
+THRESHOLD_ON = ("cls", "score")
 BOX_LOSSES = ("giou", "iou")
 BOX_WEIGHTINGS = ("none", "centerness")
 PAPER_SIZE_OF_INTEREST = (64.0, 128.0, 256.0, 512.0)
@@ -115,13 +117,15 @@ class FCOSHead(nn.Module):
   centerness_on_reg: bool = True
   reg_activation: str = "relu"
   dtype: Any = jnp.float32
+  norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
     if self.reg_activation not in REG_ACTIVATIONS:
       raise ValueError(f"reg_activation must be one of {REG_ACTIVATIONS}, got "
                        f"{self.reg_activation!r}.")
-    tower = functools.partial(HeadTower, self.features, self.num_convs, self.norm, self.dtype)
+    tower = functools.partial(HeadTower, self.features, self.num_convs, self.norm, self.dtype,
+                              self.norm_epsilon)
     cls_tower, reg_tower = tower(name="cls_tower"), tower(name="reg_tower")
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=head_kernel_init,
                              dtype=self.dtype)
@@ -167,22 +171,42 @@ def scale_ranges(num_levels: int, size_of_interest: Sequence[float] = PAPER_SIZE
 
 
 def fcos_points(level_shapes: Mapping[str, tuple[int, int]],
-                size_of_interest: Sequence[float] = PAPER_SIZE_OF_INTEREST):
+                size_of_interest: Sequence[float] = PAPER_SIZE_OF_INTEREST, *,
+                style: str = "paper", image_size: Sequence[int] | None = None):
   """Locations of every level, concatenated finest first, in the head's row-major order.
+
+  ``style="torchvision"`` (``fcos_resnet50_fpn``'s one-anchor ``AnchorGenerator``, for converted
+  weights): location ``(j, i)`` is ``(j sx, i sy)``, the top-left corner of the cell, with
+  torchvision's integer strides ``(sy, sx) = image_size // (H_l, W_l)`` (None: the finest level's
+  size times its stride); ``strides`` (the distance unit and the centre-sampling radius unit)
+  stay ``2^l``, torchvision's anchor sizes.
 
   Returns:
     dict of float32 arrays: ``points`` ``[P, 2]`` ``(x, y)`` = ``((j + 0.5) s, (i + 0.5) s)``,
     ``strides`` ``[P]``, ``lo`` / ``hi`` ``[P]`` the level's regression range; and the Python tuple
     ``counts`` of per-level ``H_l W_l``. Computed with NumPy (compile-time constants).
   """
+  if style not in POINT_STYLES:
+    raise ValueError(f"points style must be one of {POINT_STYLES}, got {style!r}.")
   names = level_names(level_shapes)
   ranges = scale_ranges(len(names), size_of_interest)
+  if style == "torchvision":
+    from jaxvision.ops.anchors import torchvision_strides  # noqa: PLC0415
+    shapes = [tuple(int(v) for v in level_shapes[n]) for n in names]
+    if image_size is None:
+      s0 = level_stride(names[0])
+      image_size = (shapes[0][0] * s0, shapes[0][1] * s0)
+    tv_strides = torchvision_strides(tuple(int(v) for v in image_size), shapes)
   pts, strides, lo, hi, counts = [], [], [], [], []
-  for name, (r_lo, r_hi) in zip(names, ranges):
+  for index, (name, (r_lo, r_hi)) in enumerate(zip(names, ranges)):
     h, w = (int(v) for v in level_shapes[name])
     s = level_stride(name)
-    xs = (np.arange(w, dtype=np.float32) + 0.5) * s
-    ys = (np.arange(h, dtype=np.float32) + 0.5) * s
+    if style == "torchvision":
+      xs = np.arange(w, dtype=np.float32) * np.float32(tv_strides[index][1])
+      ys = np.arange(h, dtype=np.float32) * np.float32(tv_strides[index][0])
+    else:
+      xs = (np.arange(w, dtype=np.float32) + 0.5) * s
+      ys = (np.arange(h, dtype=np.float32) + 0.5) * s
     gx, gy = np.meshgrid(xs, ys, indexing="xy")  # (H, W)
     pts.append(np.stack([gx, gy], -1).reshape(-1, 2))  # (H W, 2), row-major
     n = h * w
@@ -297,16 +321,25 @@ def fcos_loss(outputs, targets, points, units, *, normalizer, centerness_normali
 
 
 def postprocess(outputs, points, units, level_counts, image_hw, *, score_threshold: float = 0.05,
-                topk_per_level: int = 1000, nms_threshold: float = 0.6, max_detections: int = 100):
+                topk_per_level: int = 1000, nms_threshold: float = 0.6, max_detections: int = 100,
+                threshold_on: str = "cls", drop_empty: bool = True):
   """FCOS detections of a batch: candidates ``p_cls > score_threshold``, scores
-  ``sqrt(p_cls * p_ctr)``, per-level top-k, decode, clip, class-aware NMS, ``D`` slots."""
+  ``sqrt(p_cls * p_ctr)``, per-level top-k, decode, clip, class-aware NMS, ``D`` slots.
+
+  ``threshold_on="score"``: candidates need ``sqrt(p_cls * p_ctr) > score_threshold`` instead
+  (torchvision's ``FCOS``, whose threshold is 0.2); ``drop_empty``: see
+  ``retinanet.dense_detections``."""
+  if threshold_on not in THRESHOLD_ON:
+    raise ValueError(f"threshold_on must be one of {THRESHOLD_ON}, got {threshold_on!r}.")
+
   def one(logits, ltrb, ctr, hw):
     p_cls = jax.nn.sigmoid(logits)  # (P, K)
     scores = jnp.sqrt(p_cls * jax.nn.sigmoid(ctr))  # (P, K) with ctr (P, 1)
     decode = lambda loc: box_coder.decode_ltrb(ltrb[loc] * units[loc, None], points[loc])
-    return dense_detections(scores, p_cls > score_threshold, decode, level_counts, hw,
+    candidate = (scores if threshold_on == "score" else p_cls) > score_threshold
+    return dense_detections(scores, candidate, decode, level_counts, hw,
                             topk_per_level=topk_per_level, nms_threshold=nms_threshold,
-                            max_detections=max_detections)
+                            max_detections=max_detections, drop_empty=drop_empty)
 
   return jax.vmap(one)(outputs["cls_logits"], outputs["ltrb"], outputs["centerness"], image_hw)
 
@@ -324,6 +357,7 @@ _FCOS_DEFAULTS = dict(
     cls_loss="focal", focal_alpha=0.25, focal_gamma=2.0, box_loss="giou",
     box_loss_weighting="none",
     score_threshold=0.05, topk_per_level=1000, nms_threshold=0.6, max_detections=100,
+    points_style="paper", threshold_on="cls", drop_empty_boxes=True, head_norm_epsilon=1e-6,
     dtype="float32",
 )
 
@@ -344,13 +378,20 @@ def make_fcos(model_config: Any, num_classes: int, *, backbone: nn.Module | None
       ``"bce_ohem"``), ``focal_alpha`` (0.25), ``focal_gamma`` (2), ``box_loss`` (``"giou"`` |
       ``"iou"``), ``box_loss_weighting`` (``"none"`` | ``"centerness"``), ``score_threshold``
       (0.05), ``topk_per_level`` (1000), ``nms_threshold`` (0.6), ``max_detections`` (100),
-      ``dtype``.
+      ``points_style`` (``"paper"`` | ``"torchvision"``, see ``fcos_points``), ``threshold_on``
+      (``"cls"`` | ``"score"``, see ``postprocess``), ``drop_empty_boxes`` (True),
+      ``head_norm_epsilon`` (1e-6, Flax's GroupNorm; PyTorch's 1e-5), ``dtype``.
+      torchvision's ``fcos_resnet50_fpn`` (``jaxvision.weights.convert_fcos_resnet50_fpn``,
+      ``fcos_model_config``) is ``backbone_args={"norm": "frozen"}``,
+      ``points_style="torchvision"``, ``threshold_on="score"``, ``score_threshold=0.2``,
+      ``drop_empty_boxes=False``, ``head_norm_epsilon=1e-5`` (its per-level scales are 1).
     num_classes: ``K`` foreground classes.
     backbone, neck: optional modules replacing the configured ones.
   """
   c = with_defaults(model_config, _FCOS_DEFAULTS, "FCOS")
   for key, allowed in (("reg_activation", REG_ACTIVATIONS), ("box_loss", BOX_LOSSES),
-                       ("box_loss_weighting", BOX_WEIGHTINGS), ("head_norm", HEAD_NORMS)):
+                       ("box_loss_weighting", BOX_WEIGHTINGS), ("head_norm", HEAD_NORMS),
+                       ("points_style", POINT_STYLES), ("threshold_on", THRESHOLD_ON)):
     if c[key] not in allowed:
       raise ValueError(f"model.{key} must be one of {allowed}, got {c[key]!r}.")
   if num_classes < 1:
@@ -366,14 +407,16 @@ def make_fcos(model_config: Any, num_classes: int, *, backbone: nn.Module | None
   head = FCOSHead(num_classes=num_classes, features=int(c["head_features"]),
                   num_convs=int(c["head_convs"]), prior_prob=float(c["prior_prob"]),
                   norm=c["head_norm"], centerness_on_reg=bool(c["centerness_on_reg"]),
-                  reg_activation=c["reg_activation"], dtype=as_dtype(c["dtype"]))
+                  reg_activation=c["reg_activation"], dtype=as_dtype(c["dtype"]),
+                  norm_epsilon=float(c["head_norm_epsilon"]))
   module = FCOS(backbone=backbone, neck=neck, head=head)
   alpha = None if c["focal_alpha"] is None else float(c["focal_alpha"])
   radius = float(c["center_sampling_radius"] or 0.0)
 
-  def locations(per_level):
+  def locations(per_level, image_size=None):
     shapes = {name: tuple(v["cls_logits"].shape[1:3]) for name, v in per_level.items()}
-    loc, counts = fcos_points(shapes, size_of_interest)
+    loc, counts = fcos_points(shapes, size_of_interest, style=c["points_style"],
+                              image_size=image_size)
     units = loc["strides"] if c["reg_activation"] == "relu" else jnp.ones_like(loc["strides"])
     return loc, units, counts
 
@@ -389,7 +432,7 @@ def make_fcos(model_config: Any, num_classes: int, *, backbone: nn.Module | None
     return jax.vmap(assign)(boxes, labels, valid)  # each [B, P, ...]
 
   def compute(per_level, batch, axis_name, normalizers=None):
-    loc, units, _ = locations(per_level)
+    loc, units, _ = locations(per_level, batch["image"].shape[1:3])
     targets = targets_for(loc, batch)
     num_pos = jnp.sum(targets["positive"]).astype(jnp.float32)
     ctr_sum = jnp.sum(jnp.where(targets["positive"], targets["centerness"], 0.0))
@@ -406,7 +449,7 @@ def make_fcos(model_config: Any, num_classes: int, *, backbone: nn.Module | None
     return compute(per_level, batch, None, normalizers)
 
   def loss_normalizer(per_level, batch):
-    loc, _, _ = locations(per_level)
+    loc, _, _ = locations(per_level, batch["image"].shape[1:3])
     return jnp.sum(targets_for(loc, batch)["positive"]).astype(jnp.float32)
 
   def train_loss(variables, batch, *, rng=None, step=None, axis_name=None):
@@ -415,17 +458,18 @@ def make_fcos(model_config: Any, num_classes: int, *, backbone: nn.Module | None
     total, terms = compute(per_level, batch, axis_name)
     return total, terms, mutated
 
-  def post(per_level, image_hw):
-    loc, units, counts = locations(per_level)
+  def post(per_level, image_hw, image_size=None):
+    loc, units, counts = locations(per_level, image_size)
     return postprocess(flat(per_level), loc["points"], units, counts, image_hw,
                        score_threshold=float(c["score_threshold"]),
                        topk_per_level=int(c["topk_per_level"]),
                        nms_threshold=float(c["nms_threshold"]),
-                       max_detections=int(c["max_detections"]))
+                       max_detections=int(c["max_detections"]),
+                       threshold_on=c["threshold_on"], drop_empty=bool(c["drop_empty_boxes"]))
 
   def predict(variables, batch):
     per_level, _ = apply_module(module, variables, batch["image"], train=False)
-    return post(per_level, image_hw_of(batch))
+    return post(per_level, image_hw_of(batch), batch["image"].shape[1:3])
 
   return Family(module=module, task="detection", train_loss=train_loss, predict=predict,
                 loss=loss, loss_normalizer=loss_normalizer, postprocess=post,

@@ -67,11 +67,12 @@ from jaxvision.ops import roi as roi_ops
 __all__ = [
     "MASK_POOLERS", "MASK_LOSSES", "MaskHeadConfig", "MaskRCNNHead", "MaskRCNN", "pool_mask_rois",
     "mask_loss", "mask_branch_loss", "mask_rcnn_losses", "mask_probabilities", "mask_rcnn_detect",
-    "build_mask_rcnn", "make_mask_rcnn",
+    "build_mask_rcnn", "make_mask_rcnn", "MASK_PASTES", "paste_masks_torchvision",
 ]
 
 MASK_POOLERS = ("align", "pool")
 MASK_LOSSES = ("sigmoid", "softmax")
+MASK_PASTES = ("bilinear", "torchvision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,14 @@ class MaskHeadConfig:
     background_slot: the sigmoid head also predicts a (never trained) background channel 0, so
       class ``k`` is channel ``k`` (torchvision's ``MaskRCNNPredictor`` layout, for converted
       weights); None follows ``roi_heads.box_background_slot``. The softmax head always has it.
+    paste: how inference pastes the ``m x m`` probabilities into the image: ``"bilinear"``
+      (``jaxvision.ops.masks.paste_masks``: continuous box coordinates) or ``"torchvision"``
+      (``paste_masks_torchvision``: torchvision's ``paste_masks_in_image``, the mask padded by one
+      pixel and pasted at integer (truncated) box corners, ``+ 1`` pixel wide), for converted
+      weights.
+
+  ``make_mask_rcnn`` with ``preset="torchvision_fpn"`` sets ``aligned=False`` and
+  ``paste="torchvision"`` unless ``model.mask_head`` gives them (torchvision's architecture).
   """
   pooler: str = "align"
   loss: str = "sigmoid"
@@ -105,6 +114,7 @@ class MaskHeadConfig:
   threshold: float = 0.5
   loss_weight: float = 1.0
   background_slot: bool | None = None
+  paste: str = "bilinear"
 
   def __post_init__(self):
     if self.pooler not in MASK_POOLERS:
@@ -125,6 +135,8 @@ class MaskHeadConfig:
                        f"{v!r}.")
     if not 0.0 < float(self.threshold) < 1.0:
       raise ValueError(f"model.mask_head.threshold must be in (0, 1), got {self.threshold!r}.")
+    if self.paste not in MASK_PASTES:
+      raise ValueError(f"model.mask_head.paste must be one of {MASK_PASTES}, got {self.paste!r}.")
     if not float(self.loss_weight) >= 0.0:
       raise ValueError(f"model.mask_head.loss_weight must be >= 0, got {self.loss_weight!r}.")
 
@@ -370,6 +382,54 @@ def mask_probabilities(mask_logits, labels, *, kind: str = "sigmoid", channel_of
   return jnp.take_along_axis(probs, index[..., None, None, None], axis=-1)[..., 0]
 
 
+def _torchvision_paste_weights(start, end, out_size: int, m: int):
+  """``[D, out_size, m + 2]`` weights of torchvision's paste along one axis: the ``m + 2`` padded
+  mask resized (bilinear, ``align_corners=False``) to ``end - start + 1`` pixels placed at the
+  integer ``start``; zero elsewhere."""
+  length = (end - start + 1.0)[:, None, None]  # (D, 1, 1), >= 1
+  pos = jnp.arange(out_size, dtype=jnp.float32)[None, :, None] - start[:, None, None]  # (D, X, 1)
+  inside = (pos >= 0) & (pos < length)
+  src = jnp.maximum((pos + 0.5) * ((m + 2) / length) - 0.5, 0.0)  # PyTorch's source index
+  lo = jnp.floor(src)
+  frac = src - lo
+  hi = jnp.minimum(lo + 1.0, m + 1.0)
+  taps = jnp.arange(m + 2, dtype=jnp.float32)[None, None, :]  # (1, 1, m + 2)
+  w = jnp.where(taps == lo, 1.0 - frac, 0.0) + jnp.where(taps == hi, frac, 0.0)
+  return jnp.where(inside, w, 0.0)
+
+
+def paste_masks_torchvision(masks, boxes, image_size, *, threshold: float | None = 0.5):
+  """torchvision's ``paste_masks_in_image(masks, boxes, image_size, padding=1)`` with static
+  shapes: ``[D, m, m]`` probabilities -> ``[D, H, W]`` (``> threshold`` as bool, the binarization
+  of torchvision's COCO evaluation ``masks > 0.5``; None: the floats).
+
+  Each mask is zero-padded to ``m + 2`` and its box scaled about its centre by ``(m + 2) / m``;
+  the box corners are truncated to integers ``x0, y0, x1, y1``, the padded mask is resized to
+  ``(y1 - y0 + 1, x1 - x0 + 1)`` pixels (bilinear, ``align_corners=False``) and placed with its
+  top-left pixel at ``(y0, x0)``, cropped to the image. (``jaxvision.ops.masks.paste_masks``
+  resamples at continuous box coordinates instead; the two differ by about a pixel at mask
+  edges.)
+  """
+  masks = jnp.asarray(masks, jnp.float32)
+  d, mh, mw = masks.shape
+  h, w = int(image_size[0]), int(image_size[1])
+  boxes = jnp.asarray(boxes, jnp.float32)
+  padded = jnp.pad(masks, ((0, 0), (1, 1), (1, 1)))
+  half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * ((mw + 2) / mw)
+  half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * ((mh + 2) / mh)
+  cx, cy = (boxes[:, 2] + boxes[:, 0]) * 0.5, (boxes[:, 3] + boxes[:, 1]) * 0.5
+  x0, x1 = jnp.trunc(cx - half_w), jnp.trunc(cx + half_w)  # .to(int64) truncates toward 0
+  y0, y1 = jnp.trunc(cy - half_h), jnp.trunc(cy + half_h)
+  x1 = jnp.maximum(x1, x0)  # torchvision: at least one pixel
+  y1 = jnp.maximum(y1, y0)
+  wy = _torchvision_paste_weights(y0, y1, h, mh)  # (D, H, mh + 2)
+  wx = _torchvision_paste_weights(x0, x1, w, mw)  # (D, W, mw + 2)
+  rows = jnp.einsum("dym,dmn->dyn", wy, padded)
+  pasted = jnp.einsum("dyn,dxn->dyx", rows, wx)  # (D, H, W)
+  pasted = jnp.where(jnp.isfinite(pasted), pasted, 0.0)
+  return pasted if threshold is None else pasted > threshold
+
+
 def mask_rcnn_detect(module: MaskRCNN, batch) -> dict[str, jax.Array]:
   """Inference: Faster R-CNN's ``D`` detections, then the mask branch on the detected boxes and the
   predicted class's mask pasted into the network-input frame: ``{"boxes", "scores", "labels",
@@ -382,8 +442,8 @@ def mask_rcnn_detect(module: MaskRCNN, batch) -> dict[str, jax.Array]:
   logits = module.mask_logits(feats, dets.boxes, dets.valid, image_size=image_size)
   probs = mask_probabilities(logits, dets.labels, kind=cfg.loss,
                              channel_offset=cfg.channel_offset)  # (B, D, 28, 28)
-  paste = jax.vmap(lambda pr, bx: mask_ops.paste_masks(pr, bx, image_size,
-                                                       threshold=cfg.threshold))
+  paste_fn = paste_masks_torchvision if cfg.paste == "torchvision" else mask_ops.paste_masks
+  paste = jax.vmap(lambda pr, bx: paste_fn(pr, bx, image_size, threshold=cfg.threshold))
   masks = paste(probs, dets.boxes) & dets.valid[..., None, None]  # (B, D, H, W)
   return {**dets.as_dict(), "masks": masks}
 
@@ -400,6 +460,11 @@ def build_mask_rcnn(model_config: Any, num_classes: int) -> MaskRCNN:
   mask_cfg = frcnn.dataclass_from_section(MaskHeadConfig, frcnn.as_config_dict(section),
                                           "mask_head")
   dtype = jnp.dtype(cfg.get("dtype") or "float32")
+  given = set(frcnn.as_config_dict(section))
+  if cfg.get("preset") == "torchvision_fpn":  # torchvision's MaskRCNN: RoIAlign aligned=False
+    mask_cfg = dataclasses.replace(  # and its paste_masks_in_image, unless given
+        mask_cfg, **{k: v for k, v in (("aligned", False), ("paste", "torchvision"))
+                     if k not in given})
   if mask_cfg.background_slot is None:
     roi = frcnn.resolve_config(cfg)["roi_heads"]
     mask_cfg = dataclasses.replace(mask_cfg,

@@ -90,6 +90,7 @@ __all__ = [
 ]
 
 CLS_LOSSES = ("focal", "bce", "bce_ohem")
+ANCHOR_STYLES = ("paper", "torchvision")
 BOX_LOSSES = ("smooth_l1", "l1")
 HEAD_NORMS = (None, "group")
 
@@ -145,18 +146,21 @@ def flatten_levels(per_level: Mapping[str, Mapping[str, jax.Array]], key: str,
 # ------------------------------------------------------------------------------------------------
 
 
-def _group_norm(features: int, dtype):
+def _group_norm(features: int, dtype, epsilon: float = 1e-6):
   # GroupNorm with 32 groups (Wu & He 2018) when the width allows it, else the largest divisor.
   groups = math.gcd(32, features)
-  return functools.partial(nn.GroupNorm, num_groups=groups, dtype=dtype)
+  return functools.partial(nn.GroupNorm, num_groups=groups, epsilon=epsilon, dtype=dtype)
 
 
 class HeadTower(nn.Module):
-  """``num_convs`` x (3x3 conv ``features`` -> [GroupNorm] -> ReLU), Gaussian(0.01) init, bias 0."""
+  """``num_convs`` x (3x3 conv ``features`` -> [GroupNorm] -> ReLU), Gaussian(0.01) init, bias 0.
+
+  ``norm_epsilon``: GroupNorm's epsilon (Flax's 1e-6; PyTorch's, for converted weights, 1e-5)."""
   features: int = 256
   num_convs: int = 4
   norm: str | None = None
   dtype: Any = jnp.float32
+  norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
@@ -164,7 +168,8 @@ class HeadTower(nn.Module):
       raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {self.norm!r}.")
     conv = functools.partial(nn.Conv, kernel_init=head_kernel_init,
                              bias_init=nn.initializers.zeros, dtype=self.dtype)
-    norm = _group_norm(self.features, self.dtype) if self.norm == "group" else None
+    norm = (_group_norm(self.features, self.dtype, self.norm_epsilon) if self.norm == "group"
+            else None)
     for i in range(self.num_convs):
       x = ConvNormAct(self.features, (3, 3), conv=conv, norm=norm, act=nn.relu,
                       use_bias=True, name=f"conv{i}")(x)  # (B, H, W, features)
@@ -235,7 +240,8 @@ def anchor_sizes(strides: Sequence[int], anchor_scale: float = 4.0,
 
 def retinanet_anchors_for(level_shapes: Mapping[str, tuple[int, int]], *, anchor_scale: float = 4.0,
                           num_scales: int = 3,
-                          aspect_ratios: Sequence[float] = anchor_ops.FASTER_RCNN_RATIOS):
+                          aspect_ratios: Sequence[float] = anchor_ops.FASTER_RCNN_RATIOS,
+                          style: str = "paper", image_size: Sequence[int] | None = None):
   """Anchors of every level, concatenated finest first, in the heads' output order.
 
   Args:
@@ -243,6 +249,12 @@ def retinanet_anchors_for(level_shapes: Mapping[str, tuple[int, int]], *, anchor
     anchor_scale, num_scales, aspect_ratios: anchor sizes ``anchor_scale * 2^l * 2^(i/num_scales)``
       on ``P_l``, ratios ``h / w``. The defaults are the paper's (equal to
       ``jaxvision.ops.anchors.retinanet_anchors``): centres at cell centres, size-major order.
+    style: ``"paper"`` (the above) or ``"torchvision"``: ``retinanet_resnet50_fpn``'s
+      ``AnchorGenerator``, for converted weights: sizes ``int(anchor_scale * 2^l * 2^(i /
+      num_scales))`` (32, 40, 50 on P3), ratio-major order, rounded zero-centred corners placed at
+      the cell's top-left corner, strides ``image_size // (H_l, W_l)`` (integer division).
+    image_size: static ``(H, W)`` of the network input, for the torchvision strides (None: the
+      finest level's size times its stride).
 
   Returns:
     ``(anchors float32 [N, 4], counts)`` with the per-level anchor counts ``H_l W_l A``.
@@ -250,6 +262,16 @@ def retinanet_anchors_for(level_shapes: Mapping[str, tuple[int, int]], *, anchor
   names = level_names(level_shapes)
   strides = [level_stride(n) for n in names]
   sizes = anchor_sizes(strides, anchor_scale, num_scales)
+  if style == "torchvision":
+    shapes = [tuple(int(v) for v in level_shapes[n]) for n in names]
+    if image_size is None:
+      image_size = (shapes[0][0] * strides[0], shapes[0][1] * strides[0])
+    sizes = tuple(tuple(float(int(s)) for s in level) for level in sizes)
+    return anchor_ops.multilevel_anchors(
+        shapes, anchor_ops.torchvision_strides(tuple(int(v) for v in image_size), shapes), sizes,
+        tuple(aspect_ratios), offset=0.0, round_base=True, order="ratio_major")
+  if style != "paper":
+    raise ValueError(f"anchor style must be one of {ANCHOR_STYLES}, got {style!r}.")
   return anchor_ops.multilevel_anchors([tuple(level_shapes[n]) for n in names], strides, sizes,
                                        tuple(aspect_ratios), offset=0.5, order="size_major")
 
@@ -373,7 +395,8 @@ def retinanet_loss(outputs, targets, *, normalizer, cls_loss: str = "focal",
 
 def dense_detections(scores, candidate, decode_fn: Callable[[jax.Array], jax.Array],
                      level_counts: Sequence[int], image_hw, *, topk_per_level: int = 1000,
-                     nms_threshold: float = 0.5, max_detections: int = 100):
+                     nms_threshold: float = 0.5, max_detections: int = 100,
+                     drop_empty: bool = True):
   """Per-level top-k, decoding, clipping and class-aware NMS for one image (static shapes).
 
   Args:
@@ -386,6 +409,8 @@ def dense_detections(scores, candidate, decode_fn: Callable[[jax.Array], jax.Arr
     topk_per_level: at most this many candidates per level (paper: 1000).
     nms_threshold: class-aware NMS IoU threshold (RetinaNet 0.5, FCOS 0.6).
     max_detections: ``D``.
+    drop_empty: drop boxes clipped to zero width or height (False: keep them, as torchvision's
+      RetinaNet and FCOS do, for identical outputs with converted weights).
 
   Returns:
     ``{"boxes" [D, 4], "scores" [D], "labels" [D] int32 in 1..K, "valid" [D] bool}``, sorted by
@@ -410,8 +435,8 @@ def dense_detections(scores, candidate, decode_fn: Callable[[jax.Array], jax.Arr
   loc = jnp.concatenate(sel_loc).astype(jnp.int32)
   cls = jnp.concatenate(sel_cls).astype(jnp.int32)
   boxes = box_ops.clip_boxes(decode_fn(loc), image_hw)  # (T, 4)
-  # A box clipped away entirely (zero width or height) is not a detection.
-  cand_scores = jnp.where(box_ops.is_valid_box(boxes), cand_scores, jnp.nan)
+  if drop_empty:  # a box clipped away entirely (zero width or height) is not a detection
+    cand_scores = jnp.where(box_ops.is_valid_box(boxes), cand_scores, jnp.nan)
   keep, valid = nms_ops.batched_nms(boxes, cand_scores, cls, iou_threshold=nms_threshold,
                                     max_output_size=max_detections)  # (D,), (D,)
   safe = jnp.where(valid, keep, 0)
@@ -423,13 +448,14 @@ def dense_detections(scores, candidate, decode_fn: Callable[[jax.Array], jax.Arr
 
 def postprocess(outputs, anchors, level_counts, image_hw, *, score_threshold: float = 0.05,
                 topk_per_level: int = 1000, nms_threshold: float = 0.5, max_detections: int = 100,
-                box_weights: Sequence[float] = box_coder.RPN_WEIGHTS):
+                box_weights: Sequence[float] = box_coder.RPN_WEIGHTS, drop_empty: bool = True):
   """RetinaNet detections of a batch: sigmoid scores > threshold, then ``dense_detections``.
 
   Args:
     outputs: ``{"cls_logits": [B, N, K], "bbox_deltas": [B, N, 4]}``.
     anchors: ``[N, 4]``; level_counts: per-level anchor counts.
     image_hw: ``[B, 2]`` real image sizes (boxes are clipped to them).
+    drop_empty: see ``dense_detections``.
 
   Returns:
     ``{"boxes" [B, D, 4], "scores" [B, D], "labels" [B, D], "valid" [B, D]}``.
@@ -439,7 +465,7 @@ def postprocess(outputs, anchors, level_counts, image_hw, *, score_threshold: fl
     decode = lambda loc: box_coder.decode_boxes(deltas[loc], anchors[loc], box_weights)
     return dense_detections(scores, scores > score_threshold, decode, level_counts, hw,
                             topk_per_level=topk_per_level, nms_threshold=nms_threshold,
-                            max_detections=max_detections)
+                            max_detections=max_detections, drop_empty=drop_empty)
 
   return jax.vmap(one)(outputs["cls_logits"], outputs["bbox_deltas"], image_hw)
 
@@ -516,6 +542,7 @@ _RETINANET_DEFAULTS = dict(
     cls_loss="focal", focal_alpha=0.25, focal_gamma=2.0, ohem_neg_pos_ratio=3.0,
     box_loss="smooth_l1", smooth_l1_beta=0.11, box_loss_weight=1.0,
     score_threshold=0.05, topk_per_level=1000, nms_threshold=0.5, max_detections=100,
+    anchor_style="paper", drop_empty_boxes=True,
     dtype="float32",
 )
 
@@ -546,7 +573,14 @@ def make_retinanet(model_config: Any, num_classes: int, *, backbone: nn.Module |
       (True), ``cls_loss`` (``"focal"`` | ``"bce"`` | ``"bce_ohem"``), ``focal_alpha`` (0.25),
       ``focal_gamma`` (2), ``ohem_neg_pos_ratio`` (3), ``box_loss`` (``"smooth_l1"`` | ``"l1"``),
       ``smooth_l1_beta`` (0.11), ``box_loss_weight`` (1), ``score_threshold`` (0.05),
-      ``topk_per_level`` (1000), ``nms_threshold`` (0.5), ``max_detections`` (100), ``dtype``.
+      ``topk_per_level`` (1000), ``nms_threshold`` (0.5), ``max_detections`` (100),
+      ``anchor_style`` (``"paper"`` | ``"torchvision"``, see ``retinanet_anchors_for``),
+      ``drop_empty_boxes`` (True; False keeps boxes clipped to zero size, as torchvision),
+      ``dtype``.
+      torchvision's ``retinanet_resnet50_fpn`` (``jaxvision.weights.
+      convert_retinanet_resnet50_fpn``) is ``backbone_args={"norm": "frozen"}``,
+      ``fpn_extra="p6p7_from_p5"``, ``anchor_style="torchvision"``, ``drop_empty_boxes=False``,
+      ``box_loss="l1"``, ``max_detections=300``.
     num_classes: ``K`` foreground classes (labels ``1..K``).
     backbone, neck: optional modules replacing the configured ones (tests, research code).
 
@@ -558,6 +592,9 @@ def make_retinanet(model_config: Any, num_classes: int, *, backbone: nn.Module |
     raise ValueError(f"model.cls_loss must be one of {CLS_LOSSES}, got {c['cls_loss']!r}.")
   if c["box_loss"] not in BOX_LOSSES:
     raise ValueError(f"model.box_loss must be one of {BOX_LOSSES}, got {c['box_loss']!r}.")
+  if c["anchor_style"] not in ANCHOR_STYLES:
+    raise ValueError(f"model.anchor_style must be one of {ANCHOR_STYLES}, got "
+                     f"{c['anchor_style']!r}.")
   if c["head_norm"] not in HEAD_NORMS:
     raise ValueError(f"model.head_norm must be one of {HEAD_NORMS}, got {c['head_norm']!r}.")
   if not 0.0 <= c["bg_iou_threshold"] <= c["fg_iou_threshold"]:
@@ -585,10 +622,11 @@ def make_retinanet(model_config: Any, num_classes: int, *, backbone: nn.Module |
   alpha = c["focal_alpha"]
   alpha = None if alpha is None else float(alpha)
 
-  def anchors_for(per_level):
+  def anchors_for(per_level, image_size=None):
     shapes = {name: tuple(v["cls_logits"].shape[1:3]) for name, v in per_level.items()}
     return retinanet_anchors_for(shapes, anchor_scale=float(c["anchor_scale"]),
-                                 num_scales=int(c["num_scales"]), aspect_ratios=ratios)
+                                 num_scales=int(c["num_scales"]), aspect_ratios=ratios,
+                                 style=c["anchor_style"], image_size=image_size)
 
   def flat(per_level):
     return {"cls_logits": flatten_levels(per_level, "cls_logits", num_classes),
@@ -600,11 +638,11 @@ def make_retinanet(model_config: Any, num_classes: int, *, backbone: nn.Module |
     return jax.vmap(assign)(boxes, labels, valid)  # each [B, N, ...]
 
   def loss_normalizer(per_level, batch):
-    anchors, _ = anchors_for(per_level)
+    anchors, _ = anchors_for(per_level, batch["image"].shape[1:3])
     return jnp.sum(targets_for(anchors, batch)["positive"]).astype(jnp.float32)
 
   def loss(per_level, batch, *, normalizer=None):
-    anchors, _ = anchors_for(per_level)
+    anchors, _ = anchors_for(per_level, batch["image"].shape[1:3])
     targets = targets_for(anchors, batch)
     if normalizer is None:
       normalizer = jnp.sum(targets["positive"]).astype(jnp.float32)
@@ -619,7 +657,7 @@ def make_retinanet(model_config: Any, num_classes: int, *, backbone: nn.Module |
   def train_loss(variables, batch, *, rng=None, step=None, axis_name=None):
     del rng, step
     per_level, mutated = apply_module(module, variables, batch["image"], train=True)
-    anchors, _ = anchors_for(per_level)
+    anchors, _ = anchors_for(per_level, batch["image"].shape[1:3])
     targets = targets_for(anchors, batch)
     num_pos = jnp.sum(targets["positive"]).astype(jnp.float32)
     normalizer = psum_if(num_pos, axis_name)
@@ -632,17 +670,18 @@ def make_retinanet(model_config: Any, num_classes: int, *, backbone: nn.Module |
     terms = dict(terms, num_positives=num_pos)
     return total, terms, mutated
 
-  def post(per_level, image_hw):
-    anchors, counts = anchors_for(per_level)
+  def post(per_level, image_hw, image_size=None):
+    anchors, counts = anchors_for(per_level, image_size)
     return postprocess(flat(per_level), anchors, counts, image_hw,
                        score_threshold=float(c["score_threshold"]),
                        topk_per_level=int(c["topk_per_level"]),
                        nms_threshold=float(c["nms_threshold"]),
-                       max_detections=int(c["max_detections"]))
+                       max_detections=int(c["max_detections"]),
+                       drop_empty=bool(c["drop_empty_boxes"]))
 
   def predict(variables, batch):
     per_level, _ = apply_module(module, variables, batch["image"], train=False)
-    return post(per_level, image_hw_of(batch))
+    return post(per_level, image_hw_of(batch), batch["image"].shape[1:3])
 
   return Family(module=module, task="detection", train_loss=train_loss, predict=predict,
                 loss=loss, loss_normalizer=loss_normalizer, postprocess=post,

@@ -91,6 +91,8 @@ class SSD(nn.Module):
     widths, depth: tiny backbone stages.
     norm: ``None`` (paper) or ``"batch"`` (tiny backbone and extras).
     l2norm_sources: sources L2-normalized before their head (SSD300: ``conv4_3``).
+    vgg_width, vgg_fc_features: a narrower VGG (tests): base width and ``fc6``/``fc7`` channels
+      (1024).
   """
   num_classes: int
   boxes_per_location: Sequence[int]
@@ -104,13 +106,15 @@ class SSD(nn.Module):
   vgg_width: int | None = None
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  vgg_fc_features: int = 1024
 
   @nn.compact
   def __call__(self, images, *, train: bool):
     if self.backbone == "vgg16":
       from jaxvision.models.backbones import VGG16  # noqa: PLC0415 - full-size configs only
 
-      base = VGG16(fc_features=1024, pool5_stride=1, fc6_kernel=3, fc6_dilation=6, ceil_mode=True,
+      base = VGG16(fc_features=self.vgg_fc_features, pool5_stride=1, fc6_kernel=3,
+                   fc6_dilation=6, ceil_mode=True,
                    dropout_rate=0.0, norm=self.norm, width=self.vgg_width,
                    axis_name=self.axis_name, dtype=self.dtype, name="backbone")
     elif self.backbone == "tiny":
@@ -180,15 +184,25 @@ def _default_boxes_cached(key):
 
 
 _MODULE_KEYS = ("backbone", "feature_sources", "extra_layers", "extra_widths", "widths", "depth",
-                "norm", "l2norm_sources", "vgg_width", "axis_name")
+                "norm", "l2norm_sources", "vgg_width", "vgg_fc_features", "axis_name")
 _BOX_KEYS = ("aspect_ratios", "s_min", "s_max", "scales", "steps", "clip_default_boxes")
 _LOSS_KEYS = ("iou_threshold", "neg_pos_ratio", "alpha", "hard_negative_mining")
-_POST_KEYS = ("score_threshold", "nms_iou_threshold", "pre_nms_top_k", "max_detections")
+_POST_KEYS = ("score_threshold", "nms_iou_threshold", "pre_nms_top_k", "max_detections",
+              "top_k_per_class", "drop_empty_boxes")
 _PRESETS = {
     "ssd300": {"backbone": "vgg16", "feature_sources": ("conv4_3", "fc7"),
                "extra_layers": SSD300_EXTRAS, "l2norm_sources": ("conv4_3",), "norm": None,
                "aspect_ratios": anchor_ops.SSD300_ASPECT_RATIOS, "scales": SSD300_SCALES,
                "steps": SSD300_STEPS},
+    # torchvision's ssd300_vgg16 (converted weights: jaxvision.weights.convert_ssd300_vgg16): its
+    # COCO scales with the normalized w, h clamped to [0, 1], 400 candidates per class, boxes
+    # clipped to zero size kept.
+    "torchvision_ssd300": {"backbone": "vgg16", "feature_sources": ("conv4_3", "fc7"),
+                           "extra_layers": SSD300_EXTRAS, "l2norm_sources": ("conv4_3",),
+                           "norm": None, "aspect_ratios": anchor_ops.SSD300_ASPECT_RATIOS,
+                           "scales": anchor_ops.TORCHVISION_SSD300_SCALES, "steps": SSD300_STEPS,
+                           "clip_default_boxes": "size", "pre_nms_top_k": 400,
+                           "top_k_per_class": True, "drop_empty_boxes": False},
 }
 
 
@@ -196,7 +210,8 @@ def make_ssd(model_config: Any, num_classes: int) -> Family:
   """The SSD family (``MODELS["ssd"]``).
 
   ``config.model`` keys (all optional): ``preset`` (``"ssd300"``, the default: everything of
-  SSD300 below, overridable key by key); module ``backbone`` ("vgg16" | "tiny"),
+  SSD300 below, overridable key by key; ``"torchvision_ssd300"``: torchvision's
+  ``ssd300_vgg16``); module ``backbone`` ("vgg16" | "tiny"),
   ``feature_sources``, ``extra_layers`` or, for the tiny backbone, ``extra_widths`` (one extra
   source per entry: 1x1 to half, then 3x3 stride 2), ``widths``, ``depth``, ``norm``,
   ``l2norm_sources``, ``vgg_width`` (narrower VGG for tests), ``axis_name``, ``dtype``; default
@@ -204,7 +219,8 @@ def make_ssd(model_config: Any, num_classes: int) -> Family:
   ``steps``, ``clip_default_boxes`` (None | "size" | "image"); loss ``iou_threshold`` (0.5),
   ``neg_pos_ratio`` (3), ``hard_negative_mining`` (True; False = every negative), ``alpha`` (1);
   post-processing ``score_threshold`` (0.01), ``nms_iou_threshold`` (0.45), ``pre_nms_top_k``
-  (1000), ``max_detections`` (200).
+  (1000), ``max_detections`` (200), ``top_k_per_class`` (False: ``pre_nms_top_k`` over all
+  (box, class) pairs), ``drop_empty_boxes`` (True).
   """
   cfg = dense_common.as_dict(model_config)
   dense_common.check_keys(cfg, _MODULE_KEYS + _BOX_KEYS + _LOSS_KEYS + _POST_KEYS +
@@ -227,7 +243,7 @@ def make_ssd(model_config: Any, num_classes: int) -> Family:
       kw[k] = tuple(full[k]) if k != "backbone" else full[k]
   if "extra_layers" in full:
     kw["extra_layers"] = tuple(tuple(int(v) for v in e) for e in full["extra_layers"])
-  for k in ("depth", "norm", "vgg_width", "axis_name"):
+  for k in ("depth", "norm", "vgg_width", "vgg_fc_features", "axis_name"):
     if k in full:
       kw[k] = full[k]
   dtype = full.get("dtype", "float32")
@@ -245,7 +261,9 @@ def make_ssd(model_config: Any, num_classes: int) -> Family:
   post_kw = {"score_threshold": float(full.get("score_threshold", 0.01)),
              "iou_threshold": float(full.get("nms_iou_threshold", 0.45)),
              "pre_nms_top_k": int(full.get("pre_nms_top_k", 1000)),
-             "max_detections": int(full.get("max_detections", 200))}
+             "max_detections": int(full.get("max_detections", 200)),
+             "top_k_per_class": bool(full.get("top_k_per_class", False)),
+             "drop_empty": bool(full.get("drop_empty_boxes", True))}
 
   def flat(outputs):
     cls = jnp.concatenate([c.reshape(c.shape[0], -1, c.shape[-1]) for c in outputs["cls_logits"]],
