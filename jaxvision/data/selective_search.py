@@ -42,8 +42,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["SIMILARITIES", "COLOR_SPACES", "DEFAULT_STRATEGIES", "initial_regions",
-           "hierarchical_grouping", "selective_search", "add_selective_search_proposals"]
+__all__ = ["SIMILARITIES", "COLOR_SPACES", "DEFAULT_STRATEGIES", "check_available",
+           "initial_regions", "hierarchical_grouping", "selective_search",
+           "add_selective_search_proposals"]
 
 SIMILARITIES = ("colour", "size", "fill")
 COLOR_SPACES = ("rgb", "hsv", "lab")
@@ -61,6 +62,11 @@ def _skimage():
   except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("selective search needs scikit-image (`pip install scikit-image`).") from e
   return skimage
+
+
+def check_available() -> None:
+  """Raises ``ImportError`` (saying what to install) when scikit-image is missing."""
+  _skimage()
 
 
 def _as_unit_image(image) -> np.ndarray:

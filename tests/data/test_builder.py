@@ -293,4 +293,46 @@ def test_shapes_proposals_join_the_batch(tiny_shapes_dir):
   # Without the key there are no proposals; a bad value names the key.
   assert "proposals" not in builder.make_split(_config(tiny_shapes_dir), train=True)[0]
   with pytest.raises(ValueError, match="config.data.proposals"):
-    builder.make_transform(_config(tiny_shapes_dir, proposals="selective_search"), train=True)
+    builder.make_transform(_config(tiny_shapes_dir, proposals="edge_boxes"), train=True)
+
+
+def test_selective_search_proposals_join_the_batch(tiny_shapes_dir):
+  """config.data.proposals="selective_search": static [B, P, 4] proposals inside the real image
+  (64 x 64 inside a 64 x 80 input), truncated best-first or zero-padded with valid=False."""
+  pytest.importorskip("skimage")
+  from jaxvision.data import selective_search  # noqa: PLC0415
+
+  def iou(a, b):  # NumPy, [N, 4] x [M, 4]
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter)
+
+  config = _config(tiny_shapes_dir, proposals="selective_search", max_proposals=400,
+                   image_size=(64, 80), batch_size=2)
+  batch = builder.make_split(config, train=True)[0]
+  props, valid = batch["proposals"], batch["proposals_valid"]
+  assert props.shape == (2, 400, 4) and valid.shape == (2, 400)
+  assert props.dtype == np.float32 and valid.dtype == bool
+  np.testing.assert_array_equal(batch["image_hw"], [[64, 64]] * 2)
+  for p, v, gt, gt_valid in zip(props, valid, batch["boxes"], batch["box_valid"]):
+    n = int(v.sum())
+    assert 10 < n < 400 and v[:n].all() and not v[n:].any()  # valid first, then padding
+    assert np.all(p[n:] == 0)
+    p = p[:n]
+    assert np.all(p >= 0) and np.all(p[:, 2] <= 64) and np.all(p[:, 3] <= 64)  # not the padding
+    assert np.all(p[:, 2:] - p[:, :2] >= 4.0)  # min_box_size
+    assert len(np.unique(p, axis=0)) == n
+    gt = gt[gt_valid]
+    if len(gt):  # selective search finds the shapes (never given the ground truth)
+      assert np.all(iou(gt, p).max(axis=1) >= 0.5)
+  # The transform on one example equals selective_search on the real image, truncated.
+  source, decode, _ = builder.open_split(config, train=False)
+  example = decode(source[0])
+  few = builder.make_transform(
+      _config(tiny_shapes_dir, proposals="selective_search", max_proposals=5, image_size=(64, 80)),
+      train=False)(example, np.random.default_rng(3))
+  assert few["proposals"].shape == (5, 4) and few["proposals_valid"].all()
+  full = selective_search.selective_search(few["image"][:64, :64], np.random.default_rng(3))
+  np.testing.assert_array_equal(few["proposals"], full[:5])

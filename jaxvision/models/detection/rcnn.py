@@ -10,9 +10,10 @@ then one linear SVM per class on the CNN features and a class-specific bounding-
   ``p`` pixels of image context around it (the paper: ``p = 16`` in a ``227 x 227`` warp, i.e.
   7% of the side on each side; here ``context_padding`` is that fraction, ``16 / 227``), and the
   dilated box is resampled anisotropically to ``warp_size x warp_size`` (32) with bilinear
-  RoIAlign on the image itself (``jaxvision.ops.roi.roi_align``, ``aligned=True``), so warping is
-  part of the jitted step; context outside the image is zero, i.e. the mean image after
-  normalization (the paper also fills with the mean).
+  RoIAlign on the image itself (``jaxvision.ops.roi.roi_align``, ``aligned=True``, one sample
+  per output pixel: a bilinear resize of the region), so warping is part of the jitted step;
+  context outside the image is zero, i.e. the mean image after normalization (the paper also
+  fills with the mean).
 * **CNN**: ``stages`` x (3x3 conv + ReLU + 2x2 max pool) (``pool5``), then ``fc6``, ``fc7``
   (the paper: AlexNet, fine-tuned from ImageNet; here a small net from scratch).
 * **Fine-tuning** (Sec. 2.3): a ``K + 1``-way softmax on ``fc7``, trained with SGD on mini-batches
@@ -166,11 +167,13 @@ def context_boxes(boxes, context_padding: float):
 
 def warp_regions(images, rois, rois_valid, *, warp_size: int, context_padding: float):
   """R-CNN's warp of ``[B, R, 4]`` regions (with context) to ``[B R, S, S, C]`` (bilinear,
-  anisotropic, zeros outside the image and for invalid regions)."""
+  anisotropic, zeros outside the image and for invalid regions): one bilinear sample at the centre
+  of every output pixel (RoIAlign with ``sampling_ratio=1``, i.e. a bilinear image resize of the
+  region; more samples per pixel cost 4x the gathers, the step's main cost on a CPU)."""
   boxes, index = heads.flatten_rois(context_boxes(jnp.asarray(rois, jnp.float32),
                                                   context_padding), rois_valid)
   return roi_ops.roi_align(jnp.asarray(images, jnp.float32), boxes, index, output_size=warp_size,
-                           spatial_scale=1.0, sampling_ratio=2, aligned=True)
+                           spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 def _weight_l2(params, name):

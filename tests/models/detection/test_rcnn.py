@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxvision.models import MODELS
 from jaxvision.models.detection import rcnn
@@ -45,19 +46,42 @@ def test_losses_gradients_are_separated_and_predict_has_static_shapes():
                            "detections_per_image": 10}, 3)
   batch = _batch()
   v = family.init(jax.random.PRNGKey(0), batch)
-  total, terms, _ = family.train_loss(v, batch, rng=jax.random.PRNGKey(1))
+  loss = jax.jit(lambda v, b: family.train_loss(v, b, rng=jax.random.PRNGKey(1))[:2])
+  total, terms = loss(v, batch)
   assert np.isfinite(float(total)) and set(terms) >= {"finetune_cls", "svm", "bbox"}
 
-  def term_grad(name):
-    return jax.grad(lambda p: family.train_loss({"params": p}, batch,
-                                                rng=jax.random.PRNGKey(1))[1][name])(v["params"])
+  @jax.jit
+  def term_grads(params):
+    return {name: jax.grad(lambda p, n=name: family.train_loss(
+        {"params": p}, batch, rng=jax.random.PRNGKey(1))[1][n])(params)
+        for name in ("svm", "finetune_cls")}
 
   mag = lambda t: sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(t))  # noqa: E731
-  g_svm, g_cls = term_grad("svm"), term_grad("finetune_cls")
+  grads = term_grads(v["params"])
+  g_svm, g_cls = grads["svm"], grads["finetune_cls"]
   assert mag(g_svm["svm"]) > 0 and mag(g_svm["conv1"]) == 0 and mag(g_svm["fc6"]) == 0
   assert mag(g_cls["conv1"]) > 0 and mag(g_cls["svm"]) == 0
   empty = dict(batch, box_valid=jnp.zeros_like(batch["box_valid"]),
                labels=jnp.zeros_like(batch["labels"]))
-  assert np.isfinite(float(family.train_loss(v, empty, rng=jax.random.PRNGKey(1))[0]))
+  assert np.isfinite(float(loss(v, empty)[0]))
   pred = jax.jit(family.predict)(v, batch)
   assert pred["boxes"].shape == (2, 10, 4) and pred["valid"].shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_learns_shapes(shapes_dir, shapes_data, run_learning):
+  # R-CNN (16 x 16 warps, 2 conv stages of 8/16, fc 128) on the shapes proposals stand-in
+  # (data.proposals="shapes"), 128 regions a step over 4 images; evaluated on 50 images (770
+  # warped windows each). Detections are scored by the SVMs (positive hinge weight 20, as in
+  # configs/rcnn_shapes.py: with the paper's 2 this run reached mAP 0.011, the SVMs seeing ~50
+  # negative pairs per positive). Measured 2026-11-21: loss 5.73 -> 3.87, mAP@0.5 on 50
+  # validation images 0.000 -> 0.074; 56 s wall (32 s CPU) on the shared 2-core CPU, excluding
+  # dataset preparation.
+  result = run_learning(
+      shapes_data(shapes_dir, batch_size=4, eval_batch_size=25, proposals="shapes",
+                  max_proposals=1000), "rcnn",
+      {"warp_size": 16, "features": (8, 16), "fc": (128, 128), "detections_per_image": 30,
+       "svm_pos_weight": 20.0},
+      steps=300, lr=5e-3, num_val=50)
+  assert result["loss_last"] < 0.8 * result["loss_first"], result
+  assert result["map_trained"] > max(0.03, result["map_untrained"] + 0.02), result

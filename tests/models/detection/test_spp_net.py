@@ -81,11 +81,11 @@ def test_one_level_spp_equals_fast_rcnn_roi_pooling():
   batch = _batch()
   v = fast.init(jax.random.PRNGKey(0), batch)
   assert jax.tree.structure(v) == jax.tree.structure(spp.init(jax.random.PRNGKey(0), batch))
-  a, b = fast.predict(v, batch), spp.predict(v, batch)
+  a, b = jax.jit(fast.predict)(v, batch), jax.jit(spp.predict)(v, batch)
   for key in ("boxes", "scores", "labels", "valid"):
     np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-6)
-  la = fast.train_loss(v, batch, rng=jax.random.PRNGKey(1))[0]
-  lb = spp.train_loss(v, batch, rng=jax.random.PRNGKey(1))[0]
+  la = jax.jit(lambda v, b: fast.train_loss(v, b, rng=jax.random.PRNGKey(1))[0])(v, batch)
+  lb = jax.jit(lambda v, b: spp.train_loss(v, b, rng=jax.random.PRNGKey(1))[0])(v, batch)
   np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
 
 
@@ -121,8 +121,8 @@ def test_train_backbone_false_stops_the_gradient_at_the_conv_map():
     family = MODELS["spp_net"](dict(SMALL, train_backbone=train_backbone), 5)
     v = family.init(jax.random.PRNGKey(0), batch)
     rest = {k: x for k, x in v.items() if k != "params"}
-    g = jax.grad(lambda p: family.train_loss({"params": p, **rest}, batch,
-                                             rng=jax.random.PRNGKey(0))[0])(v["params"])
+    g = jax.jit(jax.grad(lambda p: family.train_loss({"params": p, **rest}, batch,
+                                                     rng=jax.random.PRNGKey(0))[0]))(v["params"])
     bb = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g["backbone"]))
     head = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g["box_head"]))
     assert head > 0
@@ -142,3 +142,18 @@ def test_bad_config_and_batch_raise():
   no_props = {k: x for k, x in batch.items() if not k.startswith("proposals")}
   with pytest.raises(ValueError, match="proposals"):
     family.predict(v, no_props)
+
+
+@pytest.mark.slow
+def test_learns_shapes(shapes_dir, shapes_data, run_learning):
+  # SPP-net (ResNet-18 width 8, C4 at stride 8, pyramid 4x4 + 2x2 + 1x1, 2 FC of 128) on the
+  # shapes proposals stand-in (data.proposals="shapes"), 4 images x 64 RoIs a step. Measured
+  # 2026-11-21: loss 1.97 -> 1.23, mAP@0.5 on 100 validation images 0.0005 -> 0.050; 63 s wall
+  # (37 s CPU) on the shared 2-core CPU, excluding dataset preparation.
+  result = run_learning(
+      shapes_data(shapes_dir, batch_size=4, proposals="shapes", max_proposals=1000), "spp_net",
+      {"backbone": {"name": "resnet18", "width": 8, "norm": "batch", "output_stride": 8},
+       "roi_heads": {"detections_per_image": 30}, "box_head": {"representation_size": 128}},
+      steps=250, lr=5e-3)
+  assert result["loss_last"] < 0.8 * result["loss_first"], result
+  assert result["map_trained"] > max(0.03, result["map_untrained"] + 0.02), result
