@@ -187,10 +187,23 @@ def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1) -> dic
 
 
 def _init_state(config, family, tx) -> TrainState:
+  if config.get("init_from") and not os.path.exists(config.init_from):
+    raise FileNotFoundError(
+        f"config.init_from {config.init_from!r} does not exist: download the torchvision weights "
+        "file once (the config's docstring says which and where), or point "
+        "--config.init_from at your copy; --config.init_from='' starts from scratch.")
   dummy = example_batch(config)
   variables = jax.jit(lambda k: family.init_variables(k, dummy))(
       jax.random.PRNGKey(int(config.train.seed)))
-  if config.get("init_from"):
+  if config.get("init_from") and config.get("init_from_model"):
+    # A torchvision whole-model file (e.g. fasterrcnn_resnet50_fpn_coco-*.pth), converted and
+    # checked key by key; sub-trees named in init_from_skip (e.g. the class-specific predictor
+    # when fine-tuning on other classes) keep their fresh initialisation.
+    from jaxvision.weights import load_model_into  # noqa: PLC0415
+
+    variables = load_model_into(variables, config.init_from, config.init_from_model,
+                                skip=tuple(config.get("init_from_skip", ()) or ()))
+  elif config.get("init_from"):
     # A torchvision backbone file (e.g. resnet50-*.pth), converted and loaded into the model's
     # backbone sub-tree before the optimizer state is made (jaxvision.weights).
     from jaxvision.weights import load_backbone_into  # noqa: PLC0415

@@ -1029,8 +1029,15 @@ def check_variables(template: Mapping[str, Any], converted: Mapping[str, Any], *
   return sorted(missing), sorted(unexpected), sorted(mismatched)
 
 
+def _without(tree: Mapping[str, Any], skip: Sequence[tuple[str, ...]]) -> dict:
+  """``tree`` (one collection) without the leaves under any of the ``skip`` paths."""
+  return _unflatten({p: v for p, v in _flatten(tree).items()
+                     if not any(p[:len(s)] == s for s in skip)})
+
+
 def load_into(template: Mapping[str, Any], converted: Mapping[str, Any], *,
-              at: str | Sequence[str] | None = None, what: str = "load_into") -> dict:
+              at: str | Sequence[str] | None = None, what: str = "load_into",
+              skip: Sequence[str] = ()) -> dict:
   """``template`` with ``converted``'s arrays in place, after checking every key and shape.
 
   Args:
@@ -1041,6 +1048,10 @@ def load_into(template: Mapping[str, Any], converted: Mapping[str, Any], *,
       ``"a/b"`` or a tuple): ``converted`` replaces that sub-tree in every collection and must
       cover it exactly; the rest of the template is kept.
     what: named in the error message.
+    skip: sub-tree paths (``"roi_heads/box_predictor"``, relative to each collection, or to
+      ``at``) left out on both sides: the template's values stay there and ``converted``'s are
+      dropped (fine-tuning a model whose predictor has another number of classes). Every path
+      must name something in the template (a typo is an error, not a silent full load).
 
   Returns:
     A new nested dict; loaded leaves are ``jax.Array`` of the template's dtype (floating values
@@ -1052,10 +1063,23 @@ def load_into(template: Mapping[str, Any], converted: Mapping[str, Any], *,
   """
   import jax.numpy as jnp  # noqa: PLC0415
 
-  missing, unexpected, mismatched = check_variables(template, converted, at=at)
+  at_path = _parse_at(at)
+  if skip:
+    skip_paths = [_parse_at(s) for s in ([skip] if isinstance(skip, str) else skip)]
+    flat_template = [p[1 + len(at_path):] for p in _flatten(template) if p[1:1 + len(at_path)]
+                     == at_path]
+    unknown = [s for s in skip_paths if not s or not any(p[:len(s)] == s for p in flat_template)]
+    if unknown:
+      raise ValueError(f"{what}: skip paths {['/'.join(s) for s in unknown]} name nothing in the "
+                       "model's variables.")
+    converted = {col: _without(tree, skip_paths) for col, tree in converted.items()}
+    checked = {col: (_without(tree, [at_path + s for s in skip_paths])) for col, tree in
+               template.items()}
+  else:
+    checked = template
+  missing, unexpected, mismatched = check_variables(checked, converted, at=at)
   if missing or unexpected or mismatched:
     raise WeightMismatchError(what, missing, unexpected, mismatched)
-  at_path = _parse_at(at)
   flat = _flatten(template)
   for col, tree in converted.items():
     for path, value in _flatten(tree).items():
@@ -1157,7 +1181,8 @@ MODEL_CONVERTERS = {
 
 
 def load_model_into(variables: Mapping[str, Any], path: str | os.PathLike, model: str, *,
-                    key: str | None = None, **converter_kwargs) -> dict:
+                    key: str | None = None, skip: Sequence[str] = (),
+                    **converter_kwargs) -> dict:
   """A model's ``variables`` replaced *entirely* by a torchvision whole-model file, checked.
 
   Args:
@@ -1168,6 +1193,8 @@ def load_model_into(variables: Mapping[str, Any], path: str | os.PathLike, model
       (``"fasterrcnn_resnet50_fpn"``, ``"maskrcnn_resnet50_fpn"``, ``"retinanet_resnet50_fpn"``,
       ``"deeplabv3_resnet50"``, ...).
     key: the entry holding the state dict in a wrapped checkpoint (``"model"``).
+    skip: param sub-trees kept from ``variables`` (see ``load_into``), e.g. the class-specific
+      predictor when fine-tuning a COCO model on other classes.
     converter_kwargs: passed to the converter (``depth``, ``norm``, ``aux``).
 
   Returns:
@@ -1183,4 +1210,5 @@ def load_model_into(variables: Mapping[str, Any], path: str | os.PathLike, model
   if model not in MODEL_CONVERTERS:
     raise ValueError(f"model must be one of {sorted(MODEL_CONVERTERS)}, got {model!r}.")
   converted = MODEL_CONVERTERS[model](load_state_dict(path, key=key), **converter_kwargs)
-  return load_into(variables, converted, what=f"{os.fspath(path)} into the model ({model})")
+  return load_into(variables, converted, what=f"{os.fspath(path)} into the model ({model})",
+                   skip=skip)

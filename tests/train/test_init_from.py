@@ -94,3 +94,51 @@ def test_init_from_needs_a_backbone_name(resnet18_file, tmp_path):
   _, family = loop.build_family(config)
   with pytest.raises(ValueError, match="config.init_from"):
     loop._init_state(config, family, optim.make_optimizer(config.optim, 1))
+
+
+def test_init_from_a_whole_torchvision_detector_with_a_new_predictor(tmp_path):
+  """``init_from_model``: a whole torchvision Faster R-CNN file (the tiny-width one the detection
+  parity test uses, 3 classes) starts a 5-class shapes model; ``init_from_skip`` keeps the fresh
+  predictor, everything else is the file's."""
+  from jaxvision.train import loop, optim  # noqa: PLC0415
+  from jaxvision.weights import (convert_fasterrcnn_resnet50_fpn, detection_model_config,  # noqa: PLC0415
+                                 write_safetensors)
+
+  spec = importlib.util.spec_from_file_location("gen_detection", FIXTURES / "gen_detection.py")
+  gen = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gen)
+  with np.load(FIXTURES / "detection.npz", allow_pickle=False) as f:
+    import json  # noqa: PLC0415
+
+    sd = {k: gen.tensor(k, shape) for k, shape in json.loads(str(f["frcnn_keys"]))
+          if not k.endswith("num_batches_tracked")}
+  path = tmp_path / "fasterrcnn.safetensors"
+  write_safetensors(path, sd)
+  model, _ = detection_model_config(sd)
+  config = _config("faster_rcnn_fpn_shapes")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.model = dict(model, backbone={**model["backbone"], "width": gen.WIDTH})
+  config.init_from = str(path)
+  config.init_from_model = "fasterrcnn_resnet50_fpn"
+  _, family = loop.build_family(config)
+  tx = optim.make_optimizer(config.optim, 1)
+  with pytest.raises(ValueError, match="box_predictor"):
+    loop._init_state(config, family, tx)
+  config.init_from_skip = ("box_predictor",)
+  state = jax.device_get(loop._init_state(config, family, tx))
+  expected = convert_fasterrcnn_resnet50_fpn(sd)["params"]
+  np.testing.assert_array_equal(state.params["rpn_head"]["conv"]["kernel"],
+                                expected["rpn_head"]["conv"]["kernel"])
+  np.testing.assert_array_equal(state.params["backbone"]["conv1"]["kernel"],
+                                expected["backbone"]["conv1"]["kernel"])
+  assert state.params["box_predictor"]["cls_score"]["kernel"].shape[-1] == 6  # 5 classes + bg
+
+
+def test_a_missing_weights_file_says_what_to_do(tmp_path):
+  from jaxvision.train import loop, optim  # noqa: PLC0415
+
+  config = _config("deeplab_finetune_shapes")
+  config.init_from = str(tmp_path / "resnet18-f37072fd.pth")
+  _, family = loop.build_family(config)
+  with pytest.raises(FileNotFoundError, match="config.init_from .*download"):
+    loop._init_state(config, family, optim.make_optimizer(config.optim, 1))

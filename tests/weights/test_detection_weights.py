@@ -517,3 +517,35 @@ def test_full_size_ssd300_keys_load_into_the_full_size_model(ref_ssd):
   loaded = load_into(template, convert_ssd300_vgg16(sd))
   n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(loaded))
   assert n == sum(int(np.prod(s)) for _, s in keys)  # every torchvision value, nothing else
+
+
+def test_load_model_into_skips_the_predictor_for_fine_tuning_on_other_classes(tmp_path, ref):
+  """A COCO-style file (here the tiny model with gen.NUM_CLASSES classes) into a model with another
+  number of classes: without ``skip`` the predictor's shapes are reported; with
+  ``skip=["box_predictor"]`` everything else is loaded exactly and the predictor keeps its fresh
+  initialisation. A skip path that names nothing is an error."""
+  from jaxvision.weights import write_safetensors  # noqa: PLC0415
+
+  sd = _state_dict(ref["frcnn_keys"])
+  path = tmp_path / "fasterrcnn_tiny.safetensors"
+  write_safetensors(path, {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")})
+  config, num_classes = detection_model_config(sd)
+  config = dict(config, backbone={**config["backbone"], "width": gen.WIDTH})
+  config.pop("name")
+  x = jnp.asarray(gen.input_images())
+  other = MODELS["faster_rcnn"](config, num_classes + 2)
+  fresh = jax.jit(other.init)(jax.random.key(1), {"image": x})
+  with pytest.raises(WeightMismatchError, match="box_predictor/cls_score"):
+    load_model_into(fresh, path, "fasterrcnn_resnet50_fpn")
+  loaded = load_model_into(fresh, path, "fasterrcnn_resnet50_fpn", skip=["box_predictor"])
+  expected = convert_fasterrcnn_resnet50_fpn(sd)
+  for name in ("backbone", "neck", "rpn_head", "box_head"):
+    for a, b in zip(jax.tree.leaves(loaded["params"][name]),
+                    jax.tree.leaves(expected["params"][name])):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(loaded["params"]["box_predictor"]),
+                  jax.tree.leaves(fresh["params"]["box_predictor"])):
+    np.testing.assert_array_equal(a, b)
+  assert loaded["params"]["box_predictor"]["cls_score"]["kernel"].shape[-1] == num_classes + 3
+  with pytest.raises(ValueError, match="name nothing"):
+    load_model_into(fresh, path, "fasterrcnn_resnet50_fpn", skip=["box_predictr"])
