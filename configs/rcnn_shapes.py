@@ -36,10 +36,7 @@ from configs.common import base
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
-  c.task = "detection"
-  c.eval.best_metric = "mAP"
-  c.eval.metric = "voc"
+  c = base.proposal_detection_config()
   c.model.name = "rcnn"
   c.model.warp_size = 32
   c.model.features = (8, 16, 32)
@@ -48,20 +45,7 @@ def get_config(arg: str | None = None):
   c.model.rois_per_batch = 128  # 32 positives + 96 background over the batch's images
   c.model.positive_fraction = 0.25
   c.model.detections_per_image = 50
-  c.model.proposals = "batch"  # from the data pipeline: data.proposals below
-  c.data.proposals = "shapes"  # or "selective_search"
-  c.data.max_proposals = 1000  # 128 gt jitters + 32 random + 770 windows (training); 770 (eval)
-  c.data.batch_size = 2
   c.data.eval_batch_size = 10  # 10 x 770 warped regions a batch
-  c.data.max_boxes = 8
-  c.optim.learning_rate = 1e-3
-  c.optim.warmup_steps = 100
-  c.optim.weight_decay = 1e-4
-  c.optim.grad_clip_norm = 10.0
-  c.train.steps = 3000
-  c.train.log_every = 50
-  c.train.eval_every = 1000
-  c.train.checkpoint_every = 500
   if arg == "smoke":
     c = base.apply_smoke(c)
     c.model.warp_size = 16

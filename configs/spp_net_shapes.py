@@ -33,10 +33,7 @@ from configs.common import base
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
-  c.task = "detection"
-  c.eval.best_metric = "mAP"
-  c.eval.metric = "voc"
+  c = base.proposal_detection_config()
   c.model.name = "spp_net"
   c.model.preset = "resnet"
   c.model.axis_name = "data"
@@ -52,20 +49,7 @@ def get_config(arg: str | None = None):
   c.model.box_head = {"kind": "mlp", "representation_size": 256}
   c.model.bins = (4, 2, 1)
   c.model.train_backbone = True
-  c.model.proposals = "batch"  # from the data pipeline: data.proposals below
-  c.data.proposals = "shapes"  # or "selective_search"
-  c.data.max_proposals = 1000  # 128 gt jitters + 32 random + 770 windows (training); 770 (eval)
-  c.data.batch_size = 2
   c.data.eval_batch_size = 20
-  c.data.max_boxes = 8
-  c.optim.learning_rate = 1e-3
-  c.optim.warmup_steps = 100
-  c.optim.weight_decay = 1e-4
-  c.optim.grad_clip_norm = 10.0
-  c.train.steps = 3000
-  c.train.log_every = 50
-  c.train.eval_every = 1000
-  c.train.checkpoint_every = 500
   if arg == "smoke":
     c = base.apply_smoke(c)
     c.model.backbone = {"name": "resnet18", "width": 4, "norm": "batch", "output_stride": 8}

@@ -78,6 +78,33 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def proposal_detection_config() -> ml_collections.ConfigDict:
+  """``base_config()`` with the block shared by the shapes detectors on external proposals
+  (R-CNN, SPP-net, Fast R-CNN): VOC mAP; proposals from the data pipeline (the shapes stand-in,
+  ``jaxvision.data.proposals``: 128 gt jitters + 32 random boxes + 770 windows for training, the
+  770 windows for evaluation; or ``data.proposals="selective_search"``); N = 2 images a step
+  (Fast R-CNN's hierarchical sampling), at most 8 boxes; AdamW 1e-3 after 100 warmup steps with
+  clipping at 10; 3000 steps, evaluated every 1000."""
+  c = base_config()
+  c.task = "detection"
+  c.eval.best_metric = "mAP"
+  c.eval.metric = "voc"
+  c.model.proposals = "batch"
+  c.data.proposals = "shapes"
+  c.data.max_proposals = 1000
+  c.data.batch_size = 2
+  c.data.max_boxes = 8
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 1e-4
+  c.optim.grad_clip_norm = 10.0
+  c.train.steps = 3000
+  c.train.log_every = 50
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 500
+  return c
+
+
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config for the config test: a few steps on the tiny split, at most 128 px."""
   c.data.train_split = "tiny"
