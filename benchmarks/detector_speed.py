@@ -1,4 +1,6 @@
-"""The region-based line's speed story (R-CNN -> SPP-net -> Fast R-CNN -> Faster R-CNN), side by
+"""(Not yet run to completion: written 2026-11-21, first run starved by other jobs.)
+
+The region-based line's speed story (R-CNN -> SPP-net -> Fast R-CNN -> Faster R-CNN), side by
 side in one run on one machine: test time per image, with proposals, and the mAP of the same runs.
 
 For each detector (a trained workdir, or a config with random weights when no workdir is given):
