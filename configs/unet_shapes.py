@@ -3,11 +3,18 @@
 Command:   python train.py --config configs/unet_shapes.py --workdir runs/unet
 Smoke:     python train.py --config configs/unet_shapes.py:smoke --workdir /tmp/unet_smoke
 Hardware:  a 2-core CPU (no accelerator needed); the shapes dataset is prepared offline on first use.
-Model:     the padded ("same") U-Net with BatchNorm, 4 down steps (the receptive field must cover
-           a 56 px shape), 8 base features (the paper's network is `model.preset="paper"`: valid
-           convolutions, 64 features, 4 steps).
-Expected:  validation mIoU 0.495 (pixel accuracy 0.911) after 2000 steps, 10 min 10 s wall on a
-           shared 2-core CPU (measured 2026-11-21 with this command; see README's model zoo).
+Model:     the padded ("same") U-Net with BatchNorm, 4 down steps, 16 base features, run on the image
+           average-pooled 2x (``input_stride=2``: a CPU budget choice, not in the paper; the logits
+           are resized bilinearly back to 128 x 128 and scored against full-resolution labels). The
+           paper's network is ``model.preset="paper"``: valid convolutions, 64 features, 4 steps.
+           Measured on an idle 2-core CPU, 2300 steps each (10 min): 16 features at stride 2 mIoU
+           0.641; 8 features at stride 2 0.575 (3800 steps, 8.2 min); 8 features at full
+           resolution 0.495 (2000 steps, the previous default). Elastic deformation lowered it
+           (0.436 vs 0.575 at stride 2, 8 features): the small network underfits (train-split mIoU
+           0.631 vs validation 0.575), it does not overfit.
+Expected:  validation mIoU 0.629 (pixel accuracy 0.933) after 2200 steps, 9 min 16 s wall on an idle
+           2-core CPU with the data already prepared (measured 2026-11-22 with this command). The
+           project's goal, 0.85 in 10 minutes, is not met.
 """
 
 from configs.common import base
@@ -18,18 +25,19 @@ def get_config(arg: str | None = None):
   c.model.name = "unet"
   c.model.padding = "SAME"
   c.model.depth = 4
-  c.model.base_features = 8
+  c.model.base_features = 16
   c.model.norm = "batch"
   c.model.axis_name = "data"  # cross-replica BatchNorm under data parallelism
   c.model.upsampling = "transposed"
+  c.model.input_stride = 2  # U-Net on the 64 x 64 average-pooled image
   # Median-frequency weights of the train split (background is 86% of the pixels), as printed by
   # jaxvision.data.builder.median_frequency_weights(shapes_source("train")[0], 6).
   c.model.class_weights = (0.064, 0.649, 0.999, 1.537, 1.494, 1.001)
   c.data.batch_size = 8
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50
-  c.train.steps = 2000
-  c.train.eval_every = 500
+  c.train.steps = 2200
+  c.train.eval_every = 550
   c.train.checkpoint_every = 250
   if arg == "smoke":
     c = base.apply_smoke(c)

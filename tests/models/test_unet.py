@@ -167,17 +167,34 @@ def test_upsampling_options_run(upsampling):
   assert np.all(np.isfinite(logits)) and np.std(logits) > 0
 
 
+def test_input_stride_runs_the_network_on_the_pooled_image_and_resizes_the_logits():
+  model = unet.UNetTiny(num_classes=3)
+  x = _image((2, 32, 48, 3))
+  variables = _init(model, x)  # input_stride changes no parameter
+  got = _apply(unet.UNetTiny(num_classes=3, input_stride=2), variables, x, train=False)["logits"]
+  pooled = x.reshape(2, 16, 2, 24, 2, 3).mean(axis=(2, 4))  # 2x2 average pooling
+  low = _apply(model, variables, pooled, train=False)["logits"]  # (2, 16, 24, 3)
+  want = jax.image.resize(low, (2, 32, 48, 3), "bilinear")  # half-pixel centres
+  chex.assert_shape(got, (2, 32, 48, 3))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_invalid_fields_and_inputs_raise():
   x = jnp.zeros((1, 32, 32, 3))
   for kwargs, match in [({"padding": "same"}, "padding"), ({"upsampling": "deconv"}, "upsampling"),
                         ({"norm": "layer"}, "norm"), ({"dropout_rate": 1.0}, "dropout_rate"),
-                        ({"mirror_pad": True}, "mirror_pad")]:
+                        ({"mirror_pad": True}, "mirror_pad"), ({"input_stride": 0}, "input_stride")]:
     with pytest.raises(ValueError, match=match):
       unet.UNetTiny(num_classes=2, **kwargs).init(jax.random.key(0), x, train=False)
   with pytest.raises(ValueError, match="height.*mirror_pad=True"):
     unet.UNet(num_classes=2, depth=2, base_features=4).init(jax.random.key(0), x, train=False)
   with pytest.raises(ValueError, match="width must be >= 2\\*\\*depth = 4"):
     unet.UNetTiny(num_classes=2).init(jax.random.key(0), jnp.zeros((1, 8, 3, 3)), train=False)
+  with pytest.raises(ValueError, match="input_stride > 1 is for padding='SAME'"):
+    _VALID_TINY(num_classes=2, input_stride=2).init(jax.random.key(0), x, train=False)
+  with pytest.raises(ValueError, match="multiples of input_stride=2"):
+    unet.UNetTiny(num_classes=2, input_stride=2).init(jax.random.key(0), jnp.zeros((1, 32, 33, 3)),
+                                                      train=False)
   with pytest.raises(ValueError, match="NHWC"):
     unet.UNetTiny(num_classes=2).init(jax.random.key(0), jnp.zeros((32, 32, 3)), train=False)
 
