@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_proposals = 1000
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.flip = True
+  c.data.augment.vertical_flip = False  # for data without an "up" (shapes, aerial, microscopy)
   c.data.augment.photometric = False
   c.data.augment.elastic = False
   c.data.augment.scale_jitter = ml_collections.config_dict.placeholder(tuple)

@@ -16,7 +16,7 @@ default when the config lacks them):
   batch_size, eval_batch_size: global batch sizes (divided among processes, then devices).
   max_boxes, mask_stride, keep_masks: instance padding (``transforms.pad_instances``); masks are
     not decoded (TFDS, COCO JSON) or are dropped (shapes) unless ``keep_masks``.
-  augment: ``flip`` (bool), ``photometric`` (bool), ``elastic`` (bool, U-Net's deformation),
+  augment: ``flip`` (bool), ``vertical_flip`` (bool), ``photometric`` (bool), ``elastic`` (bool, U-Net's deformation),
     ``scale_jitter`` (None or (min, max)).
   mean, std: normalization (``transforms.normalize_image``).
   seed: shuffling and augmentation seed.
@@ -179,6 +179,8 @@ def make_transform(data: Any, *, train: bool):
     steps.append(T.elastic_deform)
   if train and aug.get("flip", False):
     steps.append(T.random_horizontal_flip)
+  if train and aug.get("vertical_flip", False):
+    steps.append(T.random_vertical_flip)
   if train and aug.get("photometric", False):
     steps.append(T.photometric_distort)
   if train and aug.get("scale_jitter"):

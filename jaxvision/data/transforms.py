@@ -73,7 +73,7 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IGNORE_LABEL", "INSTANCE_KEYS", "boxes_to_original",
     "choose_bucket", "compose", "downsample_masks", "elastic_deform", "masks_to_boxes",
     "normalize_image", "pad_instances", "pad_to_size", "photometric_distort", "random_expand",
-    "random_horizontal_flip", "resize", "resize_keep_aspect", "resize_to_bucket", "scale_jitter",
+    "random_horizontal_flip", "random_vertical_flip", "resize", "resize_keep_aspect", "resize_to_bucket", "scale_jitter",
     "ssd_random_crop",
 ]
 
@@ -589,18 +589,30 @@ def resize_to_bucket(example: Mapping[str, Any], *, buckets: Sequence[Sequence[i
 # ------------------------------------------------------------------------------------------------
 
 
-def _flip(ex: Example) -> Example:
-  w = ex["image"].shape[1]
-  ex["image"] = np.ascontiguousarray(ex["image"][:, ::-1])
+def _flip(ex: Example, axis: str = "horizontal") -> Example:
+  """Mirrors the image, masks, segmentation and boxes left-right (``axis="horizontal"``: ``x -> W -
+  x``) or top-bottom (``"vertical"``: ``y -> H - y``); ``affine`` records it."""
+  h, w = ex["image"].shape[:2]
+  vertical = axis == "vertical"
+  ex["image"] = np.ascontiguousarray(ex["image"][::-1] if vertical else ex["image"][:, ::-1])
   if "masks" in ex:
-    ex["masks"] = np.ascontiguousarray(ex["masks"][:, :, ::-1])
+    m = ex["masks"]
+    ex["masks"] = np.ascontiguousarray(m[:, ::-1] if vertical else m[:, :, ::-1])
   if "segmentation" in ex:
-    ex["segmentation"] = np.ascontiguousarray(ex["segmentation"][:, ::-1])
+    g = ex["segmentation"]
+    ex["segmentation"] = np.ascontiguousarray(g[::-1] if vertical else g[:, ::-1])
+  sy, sx, ty, tx = ex["affine"]
   if "boxes" in ex:
     b = ex["boxes"]
-    ex["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=-1).astype(np.float32)
-  sy, sx, ty, tx = ex["affine"]
-  ex["affine"] = np.array([sy, -sx, ty, w - tx], np.float32)
+    if vertical:
+      b = np.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], axis=-1)
+    else:
+      b = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=-1)
+    ex["boxes"] = b.astype(np.float32)
+  if vertical:
+    ex["affine"] = np.array([-sy, sx, h - ty, tx], np.float32)
+  else:
+    ex["affine"] = np.array([sy, -sx, ty, w - tx], np.float32)
   return ex
 
 
@@ -611,6 +623,19 @@ def random_horizontal_flip(example: Mapping[str, Any], rng: np.random.Generator,
   ex = _geometric(example, fn)
   if rng.random() < p:
     ex = _flip(ex)
+  return ex
+
+
+def random_vertical_flip(example: Mapping[str, Any], rng: np.random.Generator, p: float = 0.5) -> Example:
+  """Mirrors top-bottom with probability ``p`` (``y -> H - y``; y1 and y2 swap). Draws one uniform.
+
+  For data whose classes do not depend on which way is up (the ``shapes`` dataset, aerial or
+  microscopy images), not for street scenes."""
+  fn = "random_vertical_flip"
+  _check_rng(rng, fn)
+  ex = _geometric(example, fn)
+  if rng.random() < p:
+    ex = _flip(ex, "vertical")
   return ex
 
 

@@ -161,6 +161,23 @@ def test_flip_consistent_and_twice_is_identity(seed):
   np.testing.assert_array_equal(twice["affine"], [1, 1, 0, 0])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_vertical_flip_consistent_maps_back_and_twice_is_identity(seed):
+  ex = make_example(seed)
+  once = T.random_vertical_flip(ex, rng(0), p=1.0)
+  assert_consistent(once)
+  H = ex["image"].shape[0]
+  np.testing.assert_array_equal(once["boxes"][:, [1, 3]], H - ex["boxes"][:, [3, 1]])
+  np.testing.assert_array_equal(once["boxes"][:, [0, 2]], ex["boxes"][:, [0, 2]])
+  np.testing.assert_array_equal(once["image"], ex["image"][::-1])
+  np.testing.assert_array_equal(once["segmentation"], ex["segmentation"][::-1])
+  np.testing.assert_allclose(T.boxes_to_original(once["boxes"], once), ex["boxes"], atol=1e-4)
+  twice = T.random_vertical_flip(once, rng(0), p=1.0)
+  for k in ex:
+    np.testing.assert_array_equal(twice[k], ex[k], err_msg=k)
+  np.testing.assert_array_equal(twice["affine"], [1, 1, 0, 0])
+
+
 def test_flip_probability():
   ex = make_example(0)
   kept = T.random_horizontal_flip(ex, rng(0), p=0.0)
