@@ -600,8 +600,9 @@ def _count(state_dict: Mapping[str, Any], pattern: str) -> int:
   return n
 
 
-def _rcnn_table(state_dict: Mapping[str, Any], depth: int | None, what: str):
-  """``_convert`` table of torchvision's ``FasterRCNN`` with a ``resnet_fpn_backbone``."""
+def _resnet_fpn_table(state_dict: Mapping[str, Any], depth: int | None, what: str):
+  """``(table, depth)``: the ``_convert`` table of a torchvision ``resnet_fpn_backbone``'s ResNet
+  (``backbone.body.*``, depth inferred when None) and FPN lateral/output convs."""
   if depth is None:
     depth = infer_resnet_depth(state_dict, "backbone.body.")
     if depth is None:
@@ -619,6 +620,12 @@ def _rcnn_table(state_dict: Mapping[str, Any], depth: int | None, what: str):
                                                  "conv_bias")
     table[f"backbone.fpn.layer_blocks.{i}.0"] = (("neck", f"output_P{first + i}", "conv"),
                                                  "conv_bias")
+  return table, depth
+
+
+def _rcnn_table(state_dict: Mapping[str, Any], depth: int | None, what: str):
+  """``_convert`` table of torchvision's ``FasterRCNN`` with a ``resnet_fpn_backbone``."""
+  table, depth = _resnet_fpn_table(state_dict, depth, what)
   table["rpn.head.conv.0.0"] = (("rpn_head", "conv"), "conv_bias")
   table["rpn.head.cls_logits"] = (("rpn_head", "cls_logits"), "conv_bias")
   table["rpn.head.bbox_pred"] = (("rpn_head", "bbox_pred"), "conv_bias")
@@ -810,19 +817,7 @@ def retinanet_model_config(state_dict: Mapping[str, Any]) -> tuple[dict, int]:
 
 def _fpn_p3_table(state_dict: Mapping[str, Any], depth: int | None, what: str) -> dict:
   """Backbone + ``P3..P7`` FPN (``LastLevelP6P7``) part of RetinaNet's and FCOS's tables."""
-  if depth is None:
-    depth = infer_resnet_depth(state_dict, "backbone.body.")
-    if depth is None:
-      raise WeightMismatchError(f"{what}: no ResNet-18/34/50/101 under 'backbone.body.'",
-                                unexpected=sorted(state_dict)[:_SHOWN])
-  table = {f"backbone.body.{m}": (("backbone",) + path, kind)
-           for m, (path, kind) in _resnet_table(depth).items()}
-  n_fpn = _count(state_dict, "backbone.fpn.inner_blocks.{}.0.weight")
-  for i in range(n_fpn):
-    table[f"backbone.fpn.inner_blocks.{i}.0"] = (("neck", f"lateral_C{6 - n_fpn + i}", "conv"),
-                                                 "conv_bias")
-    table[f"backbone.fpn.layer_blocks.{i}.0"] = (("neck", f"output_P{6 - n_fpn + i}", "conv"),
-                                                 "conv_bias")
+  table, _ = _resnet_fpn_table(state_dict, depth, what)
   table["backbone.fpn.extra_blocks.p6"] = (("neck", "p6"), "conv_bias")
   table["backbone.fpn.extra_blocks.p7"] = (("neck", "p7"), "conv_bias")
   return table

@@ -283,22 +283,50 @@ def retina(ref_retina):
   config, num_classes = retinanet_model_config(sd)
   assert num_classes == gen.NUM_CLASSES  # torchvision's K + 1 outputs, class 0 = background
   assert config["fpn_features"] == gen.FPN_FEATURES and config["head_convs"] == 4
+  return _tiny_dense("retinanet", config, num_classes, convert_retinanet_resnet50_fpn(sd))
+
+
+def _tiny_dense(name, config, num_classes, converted):
+  """``(family, variables, x)``: ``MODELS[name]`` at the fixtures' backbone width with the
+  converted variables loaded, and the fixtures' input images."""
   config = dict(config, backbone_args={**config["backbone_args"], "width": gen.WIDTH})
-  family = MODELS["retinanet"](config, num_classes)
+  family = MODELS[name](config, num_classes)
   x = jnp.asarray(gen.input_images())
   template = jax.eval_shape(functools.partial(family.module.init, train=False),
                             jax.random.key(0), x)
-  return family, load_into(template, convert_retinanet_resnet50_fpn(sd)), x
+  return family, load_into(template, converted), x
+
+
+def _fpn_levels(family, variables, x):
+  """The neck's ``P3..P7`` maps of a RetinaNet/FCOS module (backbone + neck only)."""
+  m = family.module
+
+  def features(v, x):
+    c = m.backbone.apply({k: col["backbone"] for k, col in v.items()}, x, train=False)
+    return m.neck.apply({"params": v["params"]["neck"]}, c)
+
+  return jax.jit(features)(variables, x)
+
+
+def _full_size_load(ref, keys_name, model_config, name, convert):
+  """Loads zeros of torchvision's full-size key set ``ref[keys_name]`` into the full-size model
+  ``MODELS[name]``: ``(config, num_classes, loaded parameter count, torchvision's count)``."""
+  keys = json.loads(str(ref[keys_name]))
+  sd = {k: np.broadcast_to(np.float32(0.0), shape) for k, shape in keys}
+  config, num_classes = model_config(sd)
+  family = MODELS[name](config, num_classes)
+  template = jax.eval_shape(functools.partial(family.module.init, train=False),
+                            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  loaded = load_into(template, convert(sd))
+  n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(loaded))
+  n_torch = sum(int(np.prod(s)) for k, s in keys if not k.endswith("num_batches_tracked"))
+  return config, num_classes, n, n_torch
 
 
 def test_retinanet_features_and_head_parity(ref_retina, retina):
   family, variables, x = retina
-  m = family.module
-  per_level = jax.jit(functools.partial(m.apply, train=False))(variables, x)
-  feats = jax.jit(lambda v, x: m.neck.apply({"params": v["params"]["neck"]},
-                                            m.backbone.apply({k: c["backbone"] for k, c in
-                                                              v.items()}, x, train=False)))(
-      variables, x)
+  per_level = jax.jit(functools.partial(family.module.apply, train=False))(variables, x)
+  feats = _fpn_levels(family, variables, x)
   for level in range(3, 8):
     _close(feats[f"P{level}"], ref_retina[f"retina_P{level}"], what=f"P{level}")
   from jaxvision.models.detection import retinanet  # noqa: PLC0415
@@ -396,12 +424,7 @@ def fcos(ref_fcos):
         for k, shape in json.loads(str(ref_fcos["fcos_keys"]))}
   config, num_classes = fcos_model_config(sd)
   assert num_classes == gen.NUM_CLASSES and config["head_features"] == gen.FCOS_FEATURES
-  config = dict(config, backbone_args={**config["backbone_args"], "width": gen.WIDTH})
-  family = MODELS["fcos"](config, num_classes)
-  x = jnp.asarray(gen.input_images())
-  template = jax.eval_shape(functools.partial(family.module.init, train=False),
-                            jax.random.key(0), x)
-  return family, load_into(template, convert_fcos_resnet50_fpn(sd)), x
+  return _tiny_dense("fcos", config, num_classes, convert_fcos_resnet50_fpn(sd))
 
 
 def test_fcos_features_head_and_locations_parity(ref_fcos, fcos):
@@ -409,12 +432,8 @@ def test_fcos_features_head_and_locations_parity(ref_fcos, fcos):
   from jaxvision.models.detection import retinanet  # noqa: PLC0415
 
   family, variables, x = fcos
-  m = family.module
-  per_level = jax.jit(functools.partial(m.apply, train=False))(variables, x)
-  feats = jax.jit(lambda v, x: m.neck.apply({"params": v["params"]["neck"]},
-                                            m.backbone.apply({k: c["backbone"] for k, c in
-                                                              v.items()}, x, train=False)))(
-      variables, x)
+  per_level = jax.jit(functools.partial(family.module.apply, train=False))(variables, x)
+  feats = _fpn_levels(family, variables, x)
   for level in range(3, 8):
     _close(feats[f"P{level}"], ref_fcos[f"fcos_P{level}"], what=f"P{level}")
   logits = retinanet.flatten_levels(per_level, "cls_logits", gen.NUM_CLASSES)
@@ -440,16 +459,9 @@ def test_fcos_detections_equal_torchvisions(ref_fcos, fcos):
 
 
 def test_full_size_fcos_keys_load_into_the_full_size_model(ref_fcos):
-  keys = json.loads(str(ref_fcos["full_fcos_resnet50_fpn_keys"]))
-  sd = {k: np.broadcast_to(np.float32(0.0), shape) for k, shape in keys}
-  config, num_classes = fcos_model_config(sd)
+  config, num_classes, n, n_torch = _full_size_load(
+      ref_fcos, "full_fcos_resnet50_fpn_keys", fcos_model_config, "fcos", convert_fcos_resnet50_fpn)
   assert num_classes == 90 and config["head_convs"] == 4 and config["head_features"] == 256
-  family = MODELS["fcos"](config, num_classes)
-  template = jax.eval_shape(functools.partial(family.module.init, train=False),
-                            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  loaded = load_into(template, convert_fcos_resnet50_fpn(sd))
-  n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(loaded))
-  n_torch = sum(int(np.prod(s)) for k, s in keys if not k.endswith("num_batches_tracked"))
   # All but the background class's 3x3 filter and bias; plus the five per-level scales (1).
   assert n == n_torch - (256 * 9 + 1) + 5
 

@@ -50,12 +50,14 @@ def shapes_data():
   return _shapes_data
 
 
-def _run_learning(data, name, model, *, steps, lr, num_val=100, weight_decay=1e-4):
+def _run_learning(data, name, model, *, steps, lr, num_val=100, weight_decay=1e-4, warmup=None,
+                  last=10):
   """Trains ``MODELS[name](model, 5)`` on the shapes ``data`` block (the ``shapes_data`` fixture;
-  its batch size and proposals) for ``steps`` AdamW steps (warm-up 10%, cosine decay); VOC
-  mAP@0.5 on the first ``num_val`` validation images (whole eval batches) before and after.
-  Returns (and prints) ``{"loss_first", "loss_last"`` (means of the first / last 10 steps),
-  ``"map_untrained", "map_trained", "wall_s", "cpu_s"}``."""
+  its batch size and proposals) for ``steps`` AdamW steps (``warmup`` steps of linear warm-up,
+  default 10%, then cosine decay); VOC mAP@0.5 on the first ``num_val`` validation images (whole
+  eval batches; None: all of them) before and after. Returns (and prints) ``{"loss_first",
+  "loss_last"`` (means of the first 10 / last ``last`` steps), ``"map_untrained", "map_trained",
+  "wall_s", "cpu_s"}``."""
   import time  # noqa: PLC0415
 
   import numpy as np  # noqa: PLC0415
@@ -68,7 +70,8 @@ def _run_learning(data, name, model, *, steps, lr, num_val=100, weight_decay=1e-
   start, cpu_start = time.time(), time.process_time()
   train = builder.make_split(data, train=True)
   val = builder.make_split(data, train=False)
-  val = [val[i] for i in range(min(len(val), max(num_val // int(data.eval_batch_size), 1)))]
+  num_batches = len(val) if num_val is None else max(num_val // int(data.eval_batch_size), 1)
+  val = [val[i] for i in range(min(len(val), num_batches))]
   family = MODELS[name](model, 5)
   predict = jax.jit(family.predict)
 
@@ -82,7 +85,8 @@ def _run_learning(data, name, model, *, steps, lr, num_val=100, weight_decay=1e-
 
   variables = jax.jit(family.init)(jax.random.PRNGKey(0), val[0])
   untrained = voc_map(variables)
-  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), steps),
+  warmup = max(steps // 10, 1) if warmup is None else warmup
+  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps),
                    weight_decay=weight_decay)
   params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   opt_state = tx.init(params)
@@ -101,7 +105,7 @@ def _run_learning(data, name, model, *, steps, lr, num_val=100, weight_decay=1e-
     params, rest, opt_state, total = step(params, rest, opt_state, train[i], jax.random.PRNGKey(i))
     losses.append(float(total))
   trained = voc_map({"params": params, **rest})
-  result = {"loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:])),
+  result = {"loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-last:])),
             "map_untrained": untrained, "map_trained": trained, "wall_s": time.time() - start,
             "cpu_s": time.process_time() - cpu_start}
   print(result)
