@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment.vertical_flip = False  # for data without an "up" (shapes, aerial, microscopy)
   c.data.augment.photometric = False
   c.data.augment.elastic = False
+  c.data.augment.expand = 0.0  # SSD's zoom out: the largest canvas ratio (SSD: 4.0); 0 is off
+  c.data.augment.min_iou_crop = False  # SSD's min-IoU patch sampling (zoom in)
   c.data.augment.scale_jitter = ml_collections.config_dict.placeholder(tuple)
 
   c.model = ml_collections.ConfigDict()

@@ -16,8 +16,10 @@ default when the config lacks them):
   batch_size, eval_batch_size: global batch sizes (divided among processes, then devices).
   max_boxes, mask_stride, keep_masks: instance padding (``transforms.pad_instances``); masks are
     not decoded (TFDS, COCO JSON) or are dropped (shapes) unless ``keep_masks``.
-  augment: ``flip`` (bool), ``vertical_flip`` (bool), ``photometric`` (bool), ``elastic`` (bool, U-Net's deformation),
-    ``scale_jitter`` (None or (min, max)).
+  augment: ``flip`` (bool), ``vertical_flip`` (bool), ``photometric`` (bool), ``elastic`` (bool,
+    U-Net's deformation), ``expand*`` (SSD's "zoom out": 0 off, else the largest canvas ratio,
+    SSD 4.0), ``min_iou_crop*`` (bool, SSD's "zoom in" patch sampling), ``scale_jitter`` (None or
+    (min, max)). Applied in that order: elastic, flips, photometric, expand, crop, then the resize.
   mean, std: normalization (``transforms.normalize_image``).
   seed: shuffling and augmentation seed.
   worker_count*: grain worker processes building batches (default 0: in the main process);
@@ -39,6 +41,10 @@ default when the config lacks them):
     on the host, about 0.13 s of CPU per 128 x 128 shapes image, ~280 boxes an image).
   max_proposals*: proposals per image ``P`` (truncated, best-ranked first, or padded with invalid
     ones; default 1000).
+  extra_train*: more TFDS training data appended to ``name``'s ``train_split``, as
+    ``"name:split"`` entries separated by commas, e.g. ``"voc/2012:train+validation"`` for the
+    papers' VOC "07+12" (with ``name="voc/2007"``, ``train_split="train+validation"``). Every
+    dataset must have ``name``'s class names; the evaluation split is ``name``'s only.
   annotations*, images*: ``coco_json`` instances JSON and image folder for every split;
     ``train_annotations*``/``train_images*`` and ``eval_annotations*``/``eval_images*`` override
     them per split.
@@ -158,8 +164,77 @@ def open_split(data: Any, *, train: bool):
     return source, source.decoder(with_masks=with_masks), source.info
   from jaxvision.data import tfds_sources  # noqa: PLC0415
 
-  return tfds_sources.open_source(name, split, data.get("data_dir"), with_masks=with_masks,
-                                  **_tfds_options(data))
+  extra = _extra_train(data) if train else []
+  options = _tfds_options(data)
+  info = tfds_sources.dataset_info(name, pet_labels=options["pet_labels"],
+                                   data_dir=data.get("data_dir"))
+  for extra_name, _ in extra:  # checked before any data is opened
+    more = tfds_sources.dataset_info(extra_name, pet_labels=options["pet_labels"],
+                                     data_dir=data.get("data_dir"))
+    if tuple(more.class_names) != tuple(info.class_names):
+      raise ValueError(f"config.data.extra_train: {extra_name!r} has other classes than "
+                       f"{name!r} ({len(more.class_names)} vs {len(info.class_names)}: "
+                       f"{list(more.class_names)[:3]}... vs {list(info.class_names)[:3]}...).")
+  source, decode, info = tfds_sources.open_source(name, split, data.get("data_dir"),
+                                                  with_masks=with_masks, **options)
+  if not extra:
+    return source, decode, info
+  sources, decoders = [source], [decode]
+  for extra_name, extra_split in extra:
+    more, more_decode, _ = tfds_sources.open_source(extra_name, extra_split, data.get("data_dir"),
+                                                    with_masks=with_masks, **options)
+    sources.append(more)
+    decoders.append(more_decode)
+  return ConcatSource(sources), ConcatDecoder(decoders), info
+
+
+def _extra_train(data: Any) -> list[tuple[str, str]]:
+  """``config.data.extra_train`` as ``[(name, split), ...]`` (ValueError if malformed)."""
+  value = data.get("extra_train") or ""
+  out = []
+  for entry in (e.strip() for e in str(value).split(",")):
+    if not entry:
+      continue
+    name, sep, split = entry.partition(":")
+    if not sep or not name.strip() or not split.strip():
+      raise ValueError(f"config.data.extra_train entries must be 'name:split' (e.g. "
+                       f"'voc/2012:train+validation'), got {entry!r} in {value!r}.")
+    if name.strip() not in DATASETS or name.strip() in ("shapes", "coco_json"):
+      raise ValueError(f"config.data.extra_train: {name.strip()!r} is not a TFDS dataset of "
+                       f"{[d for d in DATASETS if d not in ('shapes', 'coco_json')]}.")
+    out.append((name.strip(), split.strip()))
+  return out
+
+
+class ConcatSource:
+  """Random access to several sources one after the other; records get ``"_part"`` (which
+  source) and a global ``"_index"`` (so image ids stay unique)."""
+
+  def __init__(self, sources):
+    self.sources = list(sources)
+    self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i: int) -> dict:
+    i = int(i)
+    if not 0 <= i < len(self):
+      raise IndexError(f"index {i} out of range for {len(self)} records")
+    part = int(np.searchsorted(self.offsets, i, side="right") - 1)
+    record = self.sources[part][i - int(self.offsets[part])]
+    return {**record, "_index": i, "_part": part}
+
+
+class ConcatDecoder:
+  """Decodes a ``ConcatSource`` record with its own source's decoder (picklable)."""
+
+  def __init__(self, decoders):
+    self.decoders = list(decoders)
+
+  def __call__(self, record):
+    record = dict(record)
+    return self.decoders[record.pop("_part")](record)
 
 
 def _drop_masks(example: dict) -> dict:
@@ -183,6 +258,14 @@ def make_transform(data: Any, *, train: bool):
     steps.append(T.random_vertical_flip)
   if train and aug.get("photometric", False):
     steps.append(T.photometric_distort)
+  expand = float(aug.get("expand", 0.0) or 0.0)
+  if train and expand:
+    if expand <= 1.0:
+      raise ValueError(f"config.data.augment.expand must be 0 (off) or a canvas ratio > 1 (SSD: "
+                       f"4.0), got {expand!r}.")
+    steps.append(functools.partial(T.random_expand, max_ratio=expand))
+  if train and aug.get("min_iou_crop", False):
+    steps.append(T.ssd_random_crop)
   if train and aug.get("scale_jitter"):
     steps.append(functools.partial(T.scale_jitter, target_hw=size,
                                    scale_range=tuple(aug.scale_jitter)))

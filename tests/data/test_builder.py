@@ -175,6 +175,31 @@ def _mock_pet():
       as_data_source_fn=lambda self, split, decoders=None, **kw: Source(self.info.features, decoders))
 
 
+def test_extra_train_appends_other_splits_with_unique_image_ids(tmp_path):
+  data = _config(tmp_path, name="oxford_iiit_pet", train_split="train", eval_split="test",
+                 extra_train="oxford_iiit_pet:test")
+  with _mock_pet():
+    source, decode, info = builder.open_split(data, train=True)
+    examples = [decode(source[i]) for i in range(len(source))]
+    eval_source, _, _ = builder.open_split(data, train=False)
+  assert len(source) == 6 and len(eval_source) == 3  # the evaluation split stays name's own
+  assert [ex["image_id"] for ex in examples] == list(range(6))
+  assert [tuple(ex["image"].shape[:2]) for ex in examples] == [(32, 48), (48, 32), (16, 16)] * 2
+  assert info.class_names == ("pet",)
+  with pytest.raises(IndexError):
+    source[6]
+
+
+def test_extra_train_checks_classes_and_entries(tmp_path):
+  with pytest.raises(ValueError, match="'voc/2007' has other classes than 'oxford_iiit_pet'"):
+    builder.open_split(_config(tmp_path, name="oxford_iiit_pet", extra_train="voc/2007:train"),
+                       train=True)
+  for bad, match in [("voc/2012", "'name:split'"), ("voc/2012:", "'name:split'"),
+                     ("shapes:train", "not a TFDS dataset"), ("nope:train", "not a TFDS dataset")]:
+    with pytest.raises(ValueError, match=match):
+      builder._extra_train(_config(tmp_path, name="voc/2007", extra_train=bad))
+
+
 def test_tfds_config_batches_follow_the_contract(tmp_path):
   data = _config(tmp_path, name="oxford_iiit_pet", train_split="train", eval_split="test",
                  max_boxes=2)
@@ -267,6 +292,35 @@ def test_identity_fast_path_changes_nothing(tiny_shapes_dir, monkeypatch):
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
       assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype, k
   np.testing.assert_array_equal(fast[-1]["boxes"], [[0, 1, 6, 3]])
+
+
+def test_ssd_zoom_out_and_min_iou_crop_are_in_the_training_transform(tiny_shapes_dir):
+  source, _ = pipeline.shapes_source("tiny", str(tiny_shapes_dir))
+  plain = _config(tiny_shapes_dir, image_size=(128, 128), max_boxes=8)
+  plain.augment.flip = False
+  ssd = _config(tiny_shapes_dir, image_size=(128, 128), max_boxes=8)
+  ssd.augment.flip = False
+  ssd.augment.expand = 4.0
+  ssd.augment.min_iou_crop = True
+  areas = {"plain": [], "ssd": []}
+  for name, data in (("plain", plain), ("ssd", ssd)):
+    transform = builder.make_transform(data, train=True)
+    for i in range(16):
+      ex = transform(pipeline.decode_shapes(source[i]), np.random.default_rng([1, i]))
+      assert ex["image"].shape == (128, 128, 3)
+      b = ex["boxes"][ex["box_valid"]]
+      assert np.all(b[:, :2] >= 0) and np.all(b[:, 2:] <= 128) and np.all(b[:, 2:] > b[:, :2])
+      areas[name].extend((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+  # Zoom out shrinks objects (expanded canvases are resized back to 128 px) and zoom in enlarges
+  # them: the box areas spread much more than without the two.
+  spread = {k: float(np.std(np.log(v))) for k, v in areas.items()}
+  print(spread)
+  assert spread["ssd"] > 1.2 * spread["plain"]
+  assert builder.make_transform(ssd, train=False)  # evaluation ignores them
+  with pytest.raises(ValueError, match="augment.expand must be 0"):
+    bad = _config(tiny_shapes_dir)
+    bad.augment.expand = 0.5
+    builder.make_transform(bad, train=True)
 
 
 def test_shapes_proposals_join_the_batch(tiny_shapes_dir):
