@@ -3,8 +3,9 @@
 Keys of ``config.optim``:
   name: ``"sgd"`` (momentum, Nesterov option) or ``"adamw"``.
   learning_rate: peak learning rate.
-  schedule: ``"constant"``, ``"cosine"`` (to 0 at ``config.train.steps``) or ``"step"`` (multiply by
-    ``decay_factor`` at each step in ``decay_steps``).
+  schedule: ``"constant"``, ``"cosine"`` (to 0 at ``config.train.steps``), ``"poly"`` (DeepLab's
+    ``lr * (1 - t / T) ** power``, ``power`` 0.9 by default, to 0 at ``config.train.steps``) or
+    ``"step"`` (multiply by ``decay_factor`` at each step in ``decay_steps``).
   warmup_steps: linear warmup from 0 to the peak.
   momentum, nesterov: SGD only.
   weight_decay: decoupled (AdamW) or L2-style added to the gradient (SGD, as the papers' Caffe
@@ -24,7 +25,7 @@ import jax
 import optax
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "poly", "step")
 
 
 def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:
@@ -39,6 +40,8 @@ def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:
     main = optax.constant_schedule(lr)
   elif name == "cosine":
     main = optax.cosine_decay_schedule(lr, decay_steps)
+  elif name == "poly":
+    main = optax.polynomial_schedule(lr, 0.0, float(optim.get("power", 0.9)), decay_steps)
   else:
     boundaries = {int(s) - warmup: float(optim.get("decay_factor", 0.1))
                   for s in optim.get("decay_steps", ())}
