@@ -15,6 +15,8 @@ Expected:  not measured yet with this command (2000 steps). The learning test
            device) measured val mIoU 0.225 on the shared 2-core CPU (width 16: 0.237).
 """
 
+import ml_collections
+
 from configs.common import backbones, base
 
 
@@ -29,6 +31,11 @@ def get_config(arg: str | None = None):
   c.model.norm = "batch"
   c.model.axis_name = "data"  # cross-replica BatchNorm under data parallelism
   c.model.class_weights = backbones.SHAPES_SQRT_CLASS_WEIGHTS
+  # Dense CRF post-processing at inference (DeepLab v1/v2): off; --config.model.crf.num_iters=5
+  # turns it on with benchmarks/crf.py's settings for 128 px shapes images.
+  c.model.crf = ml_collections.ConfigDict(dict(
+      num_iters=0, sigma_alpha=20.0, sigma_beta=13.0, sigma_gamma=3.0, w_appearance=5.0,
+      w_smoothness=3.0))
   c.data.batch_size = 8
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50

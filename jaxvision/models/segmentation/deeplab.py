@@ -27,8 +27,11 @@ BatchNorm, ReLU, drop-out 0.1, 1x1 to ``C``). It is an FCN head on an atrous bac
 DeepLab started from), not the paper FCN-8s of ``fcn.py`` (VGG-16 with skip fusion); it is here so
 torchvision's FCN weights convert (``jaxvision.weights.convert_fcn_resnet``).
 
-The dense CRF post-processing of DeepLab v1/v2 is not part of this module: ``deeplab_family``
-takes a ``postprocess`` (e.g. a CRF from ``jaxvision.ops``) that replaces the argmax.
+The fully connected CRF post-processing of DeepLab v1/v2 (Kraehenbuehl and Koltun's mean field,
+``jaxvision.ops.crf.dense_crf``) is an inference option of the family, not of this module:
+``model.crf.num_iters > 0`` in ``make_deeplab`` replaces the argmax of the logits by the argmax of
+the CRF's marginals, computed on the de-normalized input image (``model.crf.mean/std``, ImageNet's
+by default) with the kernel settings of ``model.crf``; training is unchanged.
 
 Output: ``{"logits": [B, H, W, C]}`` (plus ``"aux"``) at the input size; any input size works (the
 ResNet rounds each stride-2 layer up and the logits are resized to the input).
@@ -39,7 +42,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
+import dataclasses
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxvision.models.backbones import ResNet, make_backbone
@@ -48,6 +54,7 @@ from jaxvision.models.layers.aspp import ASPP
 from jaxvision.models.layers.conv import ConvNormAct
 from jaxvision.models.layers.norm import make_norm
 from jaxvision.models.segmentation._common import as_dict, check_keys, pixel_softmax_family
+from jaxvision.ops import crf as crf_ops
 from jaxvision.ops.unpool import resize_bilinear
 
 __all__ = ["DeepLab", "make_deeplab", "deeplab_family", "default_rates", "HEADS"]
@@ -142,7 +149,9 @@ def deeplab_family(module: DeepLab, num_classes: int, *, class_weights=None,
 
 _KEYS = ("backbone", "width", "output_stride", "multi_grid", "norm", "backbone_norm",
          "aspp_features", "rates", "image_pooling", "head", "dropout_rate", "aux", "aux_weight",
-         "class_weights", "axis_name", "dtype")
+         "class_weights", "axis_name", "dtype", "crf")
+_CRF_KEYS = ("num_iters", "sigma_alpha", "sigma_beta", "sigma_gamma", "w_appearance",
+             "w_smoothness", "mean", "std")
 
 
 def make_deeplab(model_config: Any, num_classes: int) -> Family:
@@ -153,7 +162,10 @@ def make_deeplab(model_config: Any, num_classes: int) -> Family:
   "batch"), ``backbone_norm`` ("batch" or "frozen"; default ``norm``), ``aspp_features`` (256),
   ``rates`` (default by output stride), ``image_pooling`` (True), ``head`` ("v3" | "torchvision" |
   "fcn"),
-  ``dropout_rate``, ``aux`` (False), ``aux_weight`` (0.5), ``class_weights``, ``axis_name``, ``dtype``.
+  ``dropout_rate``, ``aux`` (False), ``aux_weight`` (0.5), ``class_weights``, ``axis_name``, ``dtype``,
+  ``crf`` (dense CRF post-processing at inference, off unless ``crf.num_iters > 0``: the
+  ``dense_crf`` keywords ``num_iters``, ``sigma_alpha``, ``sigma_beta``, ``sigma_gamma``,
+  ``w_appearance``, ``w_smoothness``, and the input normalization ``mean``, ``std`` to undo).
   """
   cfg = as_dict(model_config)
   check_keys(cfg, _KEYS, "DeepLab")
@@ -179,5 +191,34 @@ def make_deeplab(model_config: Any, num_classes: int) -> Family:
                    norm=norm, axis_name=cfg.get("axis_name"), dtype=dtype)
   if module.head not in HEADS:
     raise ValueError(f"DeepLab model.head must be one of {HEADS}, got {module.head!r}.")
-  return deeplab_family(module, num_classes, class_weights=cfg.get("class_weights"),
-                        aux_weight=float(cfg.get("aux_weight", 0.5)))
+  family = deeplab_family(module, num_classes, class_weights=cfg.get("class_weights"),
+                          aux_weight=float(cfg.get("aux_weight", 0.5)))
+  crf_cfg = dict(cfg.get("crf") or {})
+  unknown = sorted(set(crf_cfg) - set(_CRF_KEYS))
+  if unknown:
+    raise ValueError(f"unknown DeepLab model.crf keys {unknown}; known keys: {list(_CRF_KEYS)}.")
+  if int(crf_cfg.get("num_iters", 0)) > 0:
+    family = with_dense_crf(family, **crf_cfg)
+  return family
+
+
+def with_dense_crf(family: Family, *, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, **crf_kwargs) -> Family:
+  """``family`` whose ``predict`` labels each pixel by the argmax of the fully connected CRF's
+  marginals (``jaxvision.ops.crf.dense_crf(logits, image, **crf_kwargs)`` per image) instead of the
+  logits' argmax. ``batch["image"]`` is de-normalized with ``mean``/``std`` (default ImageNet's, the
+  data pipeline's) to the 0..255 colours the appearance kernel expects. Training is unchanged."""
+  from jaxvision.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
+
+  mean = tuple(IMAGENET_MEAN if mean is None else mean)
+  std = tuple(IMAGENET_STD if std is None else std)
+  crf_kwargs = {k: (int(v) if k == "num_iters" else float(v)) for k, v in crf_kwargs.items()}
+  module = family.module
+
+  def predict(variables, batch):
+    logits = module.apply(variables, batch["image"], train=False)["logits"]  # (B, H, W, C)
+    image = crf_ops.to_rgb255(batch["image"], mean, std)  # (B, H, W, 3)
+    q = jax.vmap(functools.partial(crf_ops.dense_crf, **crf_kwargs))(logits, image)
+    return {"segmentation": jnp.argmax(q, axis=-1).astype(jnp.int32)}
+
+  return dataclasses.replace(family, predict=predict)

@@ -76,6 +76,33 @@ def test_config_errors():
     deeplab.make_deeplab({"output_stride": 32}, 3)
   with pytest.raises(ValueError, match="head"):
     deeplab.make_deeplab({"head": "v2"}, 3)
+  with pytest.raises(ValueError, match="unknown DeepLab model.crf keys \\['iters'\\]"):
+    deeplab.make_deeplab({"crf": {"iters": 5}}, 3)
+
+
+def test_dense_crf_post_processing_is_the_crf_of_the_logits():
+  from jaxvision.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
+  from jaxvision.ops import crf  # noqa: PLC0415
+
+  cfg = {"backbone": "resnet18", "width": 4, "output_stride": 8, "aspp_features": 8,
+         "rates": (1, 2, 3)}
+  crf_cfg = {"num_iters": 3, "sigma_alpha": 8.0, "sigma_beta": 13.0, "sigma_gamma": 2.0,
+             "w_appearance": 20.0, "w_smoothness": 3.0}
+  plain = MODELS["deeplab"](cfg, 3)
+  off = MODELS["deeplab"]({**cfg, "crf": {**crf_cfg, "num_iters": 0}}, 3)
+  with_crf = MODELS["deeplab"]({**cfg, "crf": crf_cfg}, 3)
+  rng = np.random.default_rng(0)
+  image = np.zeros((2, 24, 32, 3), np.float32)
+  image[:, :, 16:] = 1.5  # two flat regions
+  batch = {"image": jnp.asarray(image + 0.05 * rng.normal(size=image.shape), jnp.float32)}
+  variables = jax.jit(plain.init_variables)(jax.random.key(0), batch)
+  logits = plain.module.apply(variables, batch["image"], train=False)["logits"]
+  want = jnp.argmax(jax.vmap(functools.partial(crf.dense_crf, **crf_cfg))(
+      logits, crf.to_rgb255(batch["image"], IMAGENET_MEAN, IMAGENET_STD)), -1)
+  got = jax.jit(with_crf.predict)(variables, batch)["segmentation"]
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(jax.jit(off.predict)(variables, batch)["segmentation"],
+                                jnp.argmax(logits, -1))  # num_iters 0: the plain argmax
 
 
 # Learning-test budget (slow test): STEPS steps of BATCH shapes images. Measured with this test on
