@@ -1,0 +1,49 @@
+"""Data blocks of the real (TFDS) segmentation datasets, shared by their configs.
+
+Each sets ``config.data`` for one dataset (name, splits, size, augmentation); the dataset must be
+prepared first (``python -c "import tensorflow_datasets as tfds; tfds.builder('<name>').
+download_and_prepare(...)"`` or ``tfds build <name> --file_format=array_record``; a missing one
+stops with the exact command, see ``jaxvision.data.tfds_sources``).
+"""
+
+import ml_collections
+
+
+def oxford_iiit_pet(c: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+  """Oxford-IIIT Pet as 2 classes (background, pet; the trimap's border pixels are ignored):
+  3680 trainval images for training, the 3669 test images for evaluation."""
+  c.data.name = "oxford_iiit_pet"
+  c.data.pet_labels = "pet"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = (size, size)
+  c.data.augment.flip = True
+  c.data.augment.scale_jitter = (0.5, 2.0)
+  return c
+
+
+def scene_parse150(c: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+  """TFDS ``scene_parse150``: the 100 object categories of the Places Challenge 2017 instance
+  annotations plus class 0 "other" (stuff and unlabelled; see ``jaxvision.data.tfds_sources``),
+  its train split (20210 images) and its test split (2000, ADE20K's validation images)."""
+  c.data.name = "scene_parse150"
+  c.data.scene_parse_other = "background"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = (size, size)
+  c.data.augment.flip = True
+  c.data.augment.scale_jitter = (0.5, 2.0)
+  return c
+
+
+def cityscapes(c: ml_collections.ConfigDict, height: int) -> ml_collections.ConfigDict:
+  """Cityscapes fine annotations, 19 train ids (no background class; other pixels ignored), 2975
+  train and 500 validation images (manual download, see ``jaxvision.data.tfds_sources``), resized
+  to ``height x 2 height`` (the 1024 x 2048 images keep their aspect)."""
+  c.data.name = "cityscapes"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = (height, 2 * height)
+  c.data.augment.flip = True
+  c.data.augment.scale_jitter = (0.5, 2.0)
+  return c
