@@ -1,7 +1,9 @@
 """Training images/s and inference latency: jaxvision families vs torchvision models, side by side.
 
-For each pair, both sides get the same batch size, resolution and number of classes, random weights,
-and random inputs/targets; the jaxvision train step is ``jit(value_and_grad(family.train_loss))``
+For each pair, both sides get the same architecture (jaxvision's model is configured from the
+torchvision model's state dict by ``jaxvision.weights``' model configs), the same weights (torchvision's
+random initialisation, converted), the same batch size, resolution and number of classes, and the
+same random inputs/targets; the jaxvision train step is ``jit(value_and_grad(family.train_loss))``
 plus an SGD update (the loop's step minus data parallelism), torchvision's is ``loss.backward()`` plus
 ``optimizer.step()`` on the same optimizer. Inference is ``jit(family.predict)`` (including
 post-processing: NMS, fixed detections) vs ``model.eval()(images)``. Timings are interleaved
@@ -40,8 +42,13 @@ class Pair:
   name: str
   task: str  # "segmentation" | "detection" | "instance_segmentation"
   torchvision: str  # torchvision.models(.segmentation|.detection) constructor name
-  jaxvision: Callable[[int], Any]  # num_classes -> ml_collections config (model + data sections)
-  num_classes: int  # segmentation: label classes; detection: foreground classes K
+  num_classes: int  # torchvision's num_classes (detection: K + 1, the background included)
+  # torchvision's state dict (numpy) -> (jaxvision config.model, jaxvision's number of classes):
+  # the converters' model configs, so both sides have the same architecture.
+  model_config: Callable[[dict], tuple[dict, int]]
+  converter: str  # jaxvision.weights.MODEL_CONVERTERS key: both sides start from the same weights
+  frozen_bn: bool = False  # the torch backbone's BatchNorm2d -> FrozenBatchNorm2d (as jaxvision)
+  fixed_size: int | None = None  # SSD300 runs at 300 x 300 whatever --size says
 
 
 def _config(task: str, model: dict[str, Any], size: int, max_boxes: int = 16):
@@ -57,21 +64,59 @@ def _config(task: str, model: dict[str, Any], size: int, max_boxes: int = 16):
   return c
 
 
-PAIRS: dict[str, Callable[[int], Pair]] = {}
+def _segmentation_config(head: str, num_classes: int):
+  return lambda sd: ({"name": "deeplab", "backbone": "resnet50", "output_stride": 8, "head": head,
+                      "norm": "batch", "aux": False}, num_classes)
 
 
-def _register(name, task, tv_name, model_cfg, num_classes):
-  PAIRS[name] = lambda size: Pair(name, task, tv_name,
-                                  lambda size=size: _config(task, model_cfg, size), num_classes)
+def _weights(fn_name: str):
+  def model_config(sd):
+    from jaxvision import weights  # noqa: PLC0415
+
+    return getattr(weights, fn_name)(sd)
+
+  return model_config
 
 
-# Segmentation: torchvision's models are dilated ResNet-50 (output stride 8) with an FCN head or
-# DeepLabV3's ASPP head, no auxiliary classifier.
-_register("deeplabv3_resnet50", "segmentation", "deeplabv3_resnet50",
-          {"name": "deeplab", "backbone": "resnet50", "output_stride": 8}, 21)
+# Segmentation: torchvision's dilated ResNet-50 (output stride 8) with DeepLabV3's ASPP head or an
+# FCN head, no auxiliary classifier; BatchNorm trained on both sides. Detection: torchvision's
+# architectures and inference settings (the weight converters' model configs), frozen BatchNorm in
+# the backbone on both sides (torchvision's default when it starts from ImageNet weights).
+PAIRS: dict[str, Pair] = {p.name: p for p in (
+    Pair("deeplabv3_resnet50", "segmentation", "deeplabv3_resnet50", 21,
+         _segmentation_config("torchvision", 21), "deeplabv3_resnet50"),
+    Pair("fcn_resnet50", "segmentation", "fcn_resnet50", 21, _segmentation_config("fcn", 21),
+         "fcn_resnet50"),
+    Pair("fasterrcnn_resnet50_fpn", "detection", "fasterrcnn_resnet50_fpn", 91,
+         _weights("detection_model_config"), "fasterrcnn_resnet50_fpn", frozen_bn=True),
+    Pair("retinanet_resnet50_fpn", "detection", "retinanet_resnet50_fpn", 91,
+         _weights("retinanet_model_config"), "retinanet_resnet50_fpn", frozen_bn=True),
+    Pair("fcos_resnet50_fpn", "detection", "fcos_resnet50_fpn", 91, _weights("fcos_model_config"),
+         "fcos_resnet50_fpn", frozen_bn=True),
+    Pair("ssd300_vgg16", "detection", "ssd300_vgg16", 91, _weights("ssd_model_config"),
+         "ssd300_vgg16", fixed_size=300),
+    Pair("maskrcnn_resnet50_fpn", "instance_segmentation", "maskrcnn_resnet50_fpn", 91,
+         _weights("detection_model_config"), "maskrcnn_resnet50_fpn", frozen_bn=True),
+)}
 
 
-def _torch_model(pair: Pair, device):
+def _freeze_batchnorm(module) -> None:
+  """Replaces every ``BatchNorm2d`` under ``module`` by a ``FrozenBatchNorm2d`` with its values."""
+  import torch  # noqa: PLC0415
+  from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: PLC0415
+
+  for name, child in module.named_children():
+    if isinstance(child, torch.nn.BatchNorm2d):
+      frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+      with torch.no_grad():
+        for key in ("weight", "bias", "running_mean", "running_var"):
+          getattr(frozen, key).copy_(getattr(child, key))
+      setattr(module, name, frozen)
+    else:
+      _freeze_batchnorm(child)
+
+
+def _torch_model(pair: Pair, size: int, device):
   import torchvision  # noqa: PLC0415
 
   if pair.task == "segmentation":
@@ -79,7 +124,11 @@ def _torch_model(pair: Pair, device):
     model = ctor(weights=None, weights_backbone=None, num_classes=pair.num_classes, aux_loss=False)
   else:
     ctor = getattr(torchvision.models.detection, pair.torchvision)
-    model = ctor(weights=None, weights_backbone=None, num_classes=pair.num_classes + 1)
+    # R-CNN/RetinaNet/FCOS resize inputs to min_size..max_size (800..1333 by default): keep --size.
+    kw = {} if pair.fixed_size else {"min_size": size, "max_size": size}
+    model = ctor(weights=None, weights_backbone=None, num_classes=pair.num_classes, **kw)
+    if pair.frozen_bn:
+      _freeze_batchnorm(model.backbone)
   return model.to(device)
 
 
@@ -129,17 +178,26 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   import optax  # noqa: PLC0415
   import torch  # noqa: PLC0415
 
-  from jaxvision.train import loop  # noqa: PLC0415
+  from jaxvision import models, weights  # noqa: PLC0415
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  torch.manual_seed(0)
+  size = pair.fixed_size or size
+  model = _torch_model(pair, size, device)
+  state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+  model_cfg, classes = pair.model_config(state_dict)
+  config = _config(pair.task, model_cfg, size)
+  family = models.MODELS[model_cfg["name"]](model_cfg, classes)
   rng = np.random.default_rng(0)
-  config = pair.jaxvision(size)
-  _, family = loop.build_family(config)
-  batch = _random_batch(config, batch_size, pair.num_classes, rng)
+  batch = _random_batch(config, batch_size, classes, rng)
   jbatch = jax.device_put(batch)
+  # The same weights on both sides (converted from torchvision's random initialisation), so
+  # inference post-processes the same kind of scores.
   t0 = time.perf_counter()
-  variables = jax.jit(family.init_variables)(jax.random.PRNGKey(0), jbatch)
+  template = jax.eval_shape(family.init_variables, jax.random.PRNGKey(0), jbatch)
+  variables = weights.load_into(template, weights.MODEL_CONVERTERS[pair.converter](state_dict),
+                                what=f"{pair.torchvision} (random init) into jaxvision")
   init_s = time.perf_counter() - t0
   params = variables["params"]
   rest = {k: v for k, v in variables.items() if k != "params"}
@@ -168,7 +226,6 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   def jax_infer():
     jax.block_until_ready(jpredict({"params": state["p"], **state["r"]}, jbatch))
 
-  model = _torch_model(pair, device)
   images = torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()).to(device)
   targets = _torch_targets(pair, batch, device)
   opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -204,7 +261,7 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
     results.append({
         "benchmark": "train_step" if mode == "train" else "inference", "pair": pair.name,
         "torchvision_model": pair.torchvision, "batch": batch_size, "image_hw": [size, size],
-        "num_classes": pair.num_classes, "jaxvision_ms": jm, "torchvision_ms": tm,
+        "num_classes": pair.num_classes, "same_initial_weights": True, "jaxvision_ms": jm, "torchvision_ms": tm,
         "jaxvision_images_per_s": round(batch_size / jm * 1e3, 3),
         "torchvision_images_per_s": round(batch_size / tm * 1e3, 3),
         "ratio": round(tm / jm, 3), "jaxvision_compile_s": round(first_s, 2),
@@ -231,7 +288,7 @@ def main() -> None:
   for name in names:
     if name not in PAIRS:
       parser.error(f"unknown pair {name!r}; --list shows the pairs")
-    for result in run_pair(PAIRS[name](args.size), batch_size=args.batch, size=args.size,
+    for result in run_pair(PAIRS[name], batch_size=args.batch, size=args.size,
                            repeats=args.repeats, modes=tuple(args.modes.split(","))):
       _common.emit(result)
 
