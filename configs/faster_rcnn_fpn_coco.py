@@ -42,8 +42,7 @@ def get_config(arg: str | None = None):
   c.data.max_boxes = 100
   c.data.augment.flip = True
   faster_rcnn_fpn_voc.faster_rcnn_r50_fpn(c)
-  c.optim.learning_rate = 0.02
-  c.optim.decay_steps = (60000, 80000)
+  base.sgd_step_schedule(c, learning_rate=0.02, decay_steps=(60000, 80000), weight_decay=1e-4)
   c.train.steps = 90000
   c.train.log_every = 100
   c.train.eval_every = 10000

@@ -45,8 +45,7 @@ def get_config(arg: str | None = None):
   c.data.max_boxes = 48
   c.data.augment.flip = True
   faster_rcnn_r50_fpn(c)
-  c.optim.learning_rate = 0.02
-  c.optim.decay_steps = (8280, 11380)
+  base.sgd_step_schedule(c, learning_rate=0.02, decay_steps=(8280, 11380), weight_decay=1e-4)
   c.train.steps = 12420
   c.train.log_every = 50
   c.train.eval_every = 4140
@@ -58,17 +57,11 @@ def get_config(arg: str | None = None):
 
 
 def faster_rcnn_r50_fpn(c):
-  """The ``fpn`` preset model with an ImageNet ResNet-50 and SGD (momentum 0.9, weight decay 1e-4,
-  step schedule, 500 warm-up steps) on ``c`` (shared with configs/faster_rcnn_fpn_coco.py)."""
+  """The ``fpn`` preset model with an ImageNet ResNet-50 backbone on ``c`` (shared with
+  configs/faster_rcnn_fpn_coco.py)."""
   c.model.name = "faster_rcnn"
   c.model.preset = "fpn"
   c.model.backbone = {"name": "resnet50", "norm": "frozen"}
   c.init_from_at = "backbone"
-  c.optim.name = "sgd"
-  c.optim.momentum = 0.9
-  c.optim.schedule = "step"
-  c.optim.decay_factor = 0.1
-  c.optim.warmup_steps = 500
-  c.optim.weight_decay = 1e-4
   c.eval.best_mode = "max"
   return c

@@ -60,14 +60,8 @@ def get_config(arg: str | None = None):
   c.model.mask_head = {"pooler": "align", "loss": "sigmoid", "output_size": 14, "num_convs": 4,
                        "conv_features": 256}
   c.init_from_at = "backbone"
-  c.optim.name = "sgd"
-  c.optim.momentum = 0.9
-  c.optim.learning_rate = 0.02
-  c.optim.schedule = "step"
-  c.optim.decay_steps = (120000,)
-  c.optim.decay_factor = 0.1
-  c.optim.warmup_steps = 500
-  c.optim.weight_decay = 1e-4
+  base.sgd_step_schedule(c, learning_rate=0.02, decay_steps=(120000,),
+                         weight_decay=1e-4)
   c.train.steps = 160000
   c.train.log_every = 100
   c.train.eval_every = 20000

@@ -42,14 +42,8 @@ def get_config(arg: str | None = None):
   c.model.backbone_args = dict(norm="frozen")
   c.model.cls_loss = "focal"
   c.init_from_at = "backbone"
-  c.optim.name = "sgd"
-  c.optim.momentum = 0.9
-  c.optim.learning_rate = 0.01
-  c.optim.schedule = "step"
-  c.optim.decay_steps = (60000, 80000)
-  c.optim.decay_factor = 0.1
-  c.optim.warmup_steps = 500
-  c.optim.weight_decay = 1e-4
+  base.sgd_step_schedule(c, learning_rate=0.01, decay_steps=(60000, 80000),
+                         weight_decay=1e-4)
   c.train.steps = 90000
   c.train.log_every = 100
   c.train.eval_every = 10000

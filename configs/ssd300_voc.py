@@ -54,14 +54,8 @@ def get_config(arg: str | None = None):
   c.model.score_threshold = 0.01
   c.model.nms_iou_threshold = 0.45
   c.model.max_detections = 200
-  c.optim.name = "sgd"
-  c.optim.momentum = 0.9
-  c.optim.learning_rate = 1e-3
-  c.optim.schedule = "step"
-  c.optim.decay_steps = (80000, 100000)
-  c.optim.decay_factor = 0.1
-  c.optim.warmup_steps = 500
-  c.optim.weight_decay = 5e-4
+  base.sgd_step_schedule(c, learning_rate=1e-3, decay_steps=(80000, 100000),
+                         weight_decay=5e-4)
   c.train.steps = 120000
   c.train.log_every = 100
   c.train.eval_every = 10000

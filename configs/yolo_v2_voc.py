@@ -47,13 +47,7 @@ def get_config(arg: str | None = None):
   c.model.max_detections = 100
   c.data.batch_size = 64
   c.data.eval_batch_size = 64
-  c.optim.name = "sgd"
-  c.optim.momentum = 0.9
-  c.optim.learning_rate = 1e-3
-  c.optim.schedule = "step"
-  c.optim.decay_steps = (15500, 23300)
-  c.optim.decay_factor = 0.1
-  c.optim.warmup_steps = 500
-  c.optim.weight_decay = 5e-4
+  base.sgd_step_schedule(c, learning_rate=1e-3, decay_steps=(15500, 23300),
+                         weight_decay=5e-4)
   c.train.steps = 41400
   return c

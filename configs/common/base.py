@@ -108,6 +108,22 @@ def proposal_detection_config() -> ml_collections.ConfigDict:
   return c
 
 
+def sgd_step_schedule(c: ml_collections.ConfigDict, *, learning_rate: float,
+                      decay_steps: tuple, weight_decay: float, warmup_steps: int = 500,
+                      momentum: float = 0.9, decay_factor: float = 0.1) -> ml_collections.ConfigDict:
+  """The papers' solver: SGD with momentum, a linear warm-up, the learning rate multiplied by
+  ``decay_factor`` at each step of ``decay_steps`` (absolute steps), L2 weight decay on kernels."""
+  c.optim.name = "sgd"
+  c.optim.momentum = momentum
+  c.optim.learning_rate = learning_rate
+  c.optim.schedule = "step"
+  c.optim.decay_steps = tuple(decay_steps)
+  c.optim.decay_factor = decay_factor
+  c.optim.warmup_steps = warmup_steps
+  c.optim.weight_decay = weight_decay
+  return c
+
+
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config for the config test: a few steps on the tiny split, at most 128 px."""
   c.data.train_split = "tiny"
