@@ -132,6 +132,10 @@ def _torch_model(pair: Pair, size: int, device):
   return model.to(device)
 
 
+# Train-loss terms of the region-based families that count RoIs per image (reported as is).
+COUNT_TERMS = ("num_proposals", "num_fg_rois", "num_mask_rois")
+
+
 def _torch_targets(pair: Pair, batch, device):
   import torch  # noqa: PLC0415
 
@@ -206,20 +210,22 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
 
   def jstep(params, rest, opt_state, batch, rng):
     def lossf(p):
-      loss, _, mutated = family.train_loss({"params": p, **rest}, batch, rng=rng, step=0)
-      return loss, mutated
+      loss, terms, mutated = family.train_loss({"params": p, **rest}, batch, rng=rng, step=0)
+      return loss, (mutated, {k: terms[k] for k in COUNT_TERMS if k in terms})
 
-    (loss, mutated), grads = jax.value_and_grad(lossf, has_aux=True)(params)
+    (loss, (mutated, counts)), grads = jax.value_and_grad(lossf, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), {**rest, **mutated}, opt_state, loss
+    return optax.apply_updates(params, updates), {**rest, **mutated}, opt_state, (loss, counts)
 
   jstep = jax.jit(jstep, donate_argnums=(0, 1, 2))
   key = jax.random.PRNGKey(1)
   state = {"p": params, "r": rest, "o": opt_state}
 
   def jax_train():
-    state["p"], state["r"], state["o"], loss = jstep(state["p"], state["r"], state["o"], jbatch, key)
+    state["p"], state["r"], state["o"], (loss, counts) = jstep(state["p"], state["r"], state["o"],
+                                                               jbatch, key)
     jax.block_until_ready(loss)
+    state["counts"] = counts
 
   jpredict = jax.jit(family.predict)
 
@@ -265,7 +271,11 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
         "jaxvision_images_per_s": round(batch_size / jm * 1e3, 3),
         "torchvision_images_per_s": round(batch_size / tm * 1e3, 3),
         "ratio": round(tm / jm, 3), "jaxvision_compile_s": round(first_s, 2),
-        "jaxvision_init_s": round(init_s, 2), "repeats": repeats, "torch_device": device, **env})
+        "jaxvision_init_s": round(init_s, 2), "repeats": repeats, "torch_device": device,
+        # Per image in jaxvision's last step: how much of the fixed-size work was real (e.g. the
+        # mask branch always runs on mask_head.rois_per_image slots, torchvision on the positives).
+        **({"jaxvision_counts": {k: round(float(v), 2) for k, v in state.get("counts", {}).items()}}
+           if mode == "train" else {}), **env})
   return results
 
 
