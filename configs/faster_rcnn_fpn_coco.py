@@ -22,7 +22,7 @@ Smoke:     COCO is not available offline, so `:smoke` is `faster_rcnn_fpn_shapes
 """
 
 from configs import faster_rcnn_fpn_shapes, faster_rcnn_fpn_voc
-from configs.common import base
+from configs.common import base, datasets
 
 
 def get_config(arg: str | None = None):
@@ -31,16 +31,7 @@ def get_config(arg: str | None = None):
                      ":smoke")
   if arg == "smoke":
     return faster_rcnn_fpn_shapes.get_config("smoke")
-  c = base.base_config()
-  c.task = "detection"
-  c.data.name = "coco/2017"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = (800, 1344)
-  c.data.batch_size = 16
-  c.data.eval_batch_size = 16
-  c.data.max_boxes = 100
-  c.data.augment.flip = True
+  c = datasets.coco2017(base.base_config())
   faster_rcnn_fpn_voc.faster_rcnn_r50_fpn(c)
   base.sgd_step_schedule(c, learning_rate=0.02, decay_steps=(60000, 80000), weight_decay=1e-4)
   c.train.steps = 90000

@@ -25,7 +25,7 @@ Smoke:     VOC is not available offline, so `:smoke` is `faster_rcnn_fpn_shapes.
 """
 
 from configs import faster_rcnn_fpn_shapes
-from configs.common import base
+from configs.common import base, datasets
 
 
 def get_config(arg: str | None = None):
@@ -33,17 +33,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"unknown config argument {arg!r}; use configs/faster_rcnn_fpn_voc.py or :smoke")
   if arg == "smoke":
     return faster_rcnn_fpn_shapes.get_config("smoke")
-  c = base.base_config()
-  c.task = "detection"
-  c.data.name = "voc/2007"
-  c.data.train_split = "train+validation"
-  c.data.extra_train = "voc/2012:train+validation"
-  c.data.eval_split = "test"
-  c.data.image_size = (600, 1000)
-  c.data.batch_size = 16
-  c.data.eval_batch_size = 16
-  c.data.max_boxes = 48
-  c.data.augment.flip = True
+  c = datasets.voc0712(base.base_config(), (600, 1000), 16)
   faster_rcnn_r50_fpn(c)
   base.sgd_step_schedule(c, learning_rate=0.02, decay_steps=(8280, 11380), weight_decay=1e-4)
   c.train.steps = 12420

@@ -23,20 +23,11 @@ Smoke:     COCO is not available offline, so `:smoke` keeps the RetinaNet family
            width 8, FPN/heads of 16 channels on P3..P5 at 128 px on the shapes tiny split.
 """
 
-from configs.common import base
+from configs.common import base, datasets
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
-  c.task = "detection"
-  c.data.name = "coco/2017"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = (800, 1344)
-  c.data.batch_size = 16
-  c.data.eval_batch_size = 16
-  c.data.max_boxes = 100
-  c.data.augment.flip = True
+  c = datasets.coco2017(base.base_config())
   c.model.name = "retinanet"
   c.model.backbone = "resnet50"
   c.model.backbone_args = dict(norm="frozen")

@@ -28,21 +28,11 @@ Smoke:     VOC data is not available offline, so `:smoke` keeps the SSD family w
            (with zoom out and min-IoU crops, without photometric distortion).
 """
 
-from configs.common import base
+from configs.common import base, datasets
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
-  c.task = "detection"
-  c.data.name = "voc/2007"
-  c.data.train_split = "train+validation"
-  c.data.extra_train = "voc/2012:train+validation"
-  c.data.eval_split = "test"
-  c.data.image_size = (300, 300)
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 32
-  c.data.max_boxes = 48
-  c.data.augment.flip = True
+  c = datasets.voc0712(base.base_config(), (300, 300), 32)
   c.data.augment.photometric = True
   c.data.augment.expand = 4.0
   c.data.augment.min_iou_crop = True

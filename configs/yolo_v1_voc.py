@@ -26,7 +26,7 @@ Smoke:     VOC is not available offline, so `:smoke` is `yolo_v1_shapes.py:smoke
 """
 
 from configs import yolo_v1_shapes
-from configs.common import base
+from configs.common import base, datasets
 
 
 def get_config(arg: str | None = None):
@@ -49,8 +49,6 @@ def get_config(arg: str | None = None):
   c.model.score_threshold = 0.01
   c.model.iou_threshold = 0.45
   c.model.max_detections = 100
-  c.data.batch_size = 64
-  c.data.eval_batch_size = 64
   base.sgd_step_schedule(c, learning_rate=1e-2, decay_steps=(19700, 27400),
                          weight_decay=5e-4)
   c.train.steps = 34900
@@ -58,17 +56,10 @@ def get_config(arg: str | None = None):
 
 
 def voc0712(c, size: int):
-  """VOC 07+12 training, VOC 2007 test evaluation (11-point mAP@0.5), ``size x size`` images with
-  scale 0.8-1.2, photometric distortion and flips; logging and checkpoint intervals (shared with
+  """``datasets.voc0712`` at ``size x size``, batch 64, with YOLO's scale 0.8-1.2 and photometric
+  distortion; 11-point VOC07 mAP@0.5; logging and checkpoint intervals (shared with
   configs/yolo_v2_voc.py)."""
-  c.task = "detection"
-  c.data.name = "voc/2007"
-  c.data.train_split = "train+validation"
-  c.data.extra_train = "voc/2012:train+validation"
-  c.data.eval_split = "test"
-  c.data.image_size = (size, size)
-  c.data.max_boxes = 48
-  c.data.augment.flip = True
+  datasets.voc0712(c, (size, size), 64)
   c.data.augment.photometric = True
   c.data.augment.scale_jitter = (0.8, 1.2)
   c.train.log_every = 100

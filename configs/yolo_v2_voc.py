@@ -45,8 +45,6 @@ def get_config(arg: str | None = None):
   c.model.score_threshold = 0.01
   c.model.iou_threshold = 0.45
   c.model.max_detections = 100
-  c.data.batch_size = 64
-  c.data.eval_batch_size = 64
   base.sgd_step_schedule(c, learning_rate=1e-3, decay_steps=(15500, 23300),
                          weight_decay=5e-4)
   c.train.steps = 41400

@@ -47,3 +47,34 @@ def cityscapes(c: ml_collections.ConfigDict, height: int) -> ml_collections.Conf
   c.data.augment.flip = True
   c.data.augment.scale_jitter = (0.5, 2.0)
   return c
+
+
+def voc0712(c: ml_collections.ConfigDict, image_size, batch_size: int) -> ml_collections.ConfigDict:
+  """PASCAL VOC "07+12" detection: VOC 2007 trainval + VOC 2012 trainval (``data.extra_train``,
+  16551 images) for training, VOC 2007 test for evaluation; flips, up to 48 boxes an image."""
+  c.task = "detection"
+  c.data.name = "voc/2007"
+  c.data.train_split = "train+validation"
+  c.data.extra_train = "voc/2012:train+validation"
+  c.data.eval_split = "test"
+  c.data.image_size = tuple(image_size)
+  c.data.batch_size = batch_size
+  c.data.eval_batch_size = batch_size
+  c.data.max_boxes = 48
+  c.data.augment.flip = True
+  return c
+
+
+def coco2017(c: ml_collections.ConfigDict, batch_size: int = 16) -> ml_collections.ConfigDict:
+  """TFDS COCO 2017 detection: train / validation, images fitted into 800 x 1344 (the papers'
+  shorter side 800, longer at most 1333) and padded, flips, up to 100 boxes an image."""
+  c.task = "detection"
+  c.data.name = "coco/2017"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = (800, 1344)
+  c.data.batch_size = batch_size
+  c.data.eval_batch_size = batch_size
+  c.data.max_boxes = 100
+  c.data.augment.flip = True
+  return c
