@@ -33,6 +33,7 @@ def trained(tmp_path_factory):
   return config, str(tmp / "run")
 
 
+@pytest.mark.slow
 def test_predictor_matches_the_eval_pipeline_and_maps_back(trained):
   from jaxvision.data import pipeline
   from jaxvision.predict import Predictor
@@ -61,6 +62,7 @@ def test_predictor_matches_the_eval_pipeline_and_maps_back(trained):
     predictor([np.zeros((4, 4, 3, 2))])
 
 
+@pytest.mark.slow
 def test_predict_mode_writes_overlays_and_json(trained, tmp_path):
   config, workdir = trained
   images = tmp_path / "images"

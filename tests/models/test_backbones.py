@@ -111,6 +111,7 @@ def _close(actual, expected, name, rtol=1e-4):
 
 
 @pytest.mark.parametrize("case", sorted(gen.RESNET_CASES))
+@pytest.mark.slow
 def test_resnet_matches_torchvision(case, fixture_npz):
   ref = fixture_npz("backbones")
   block, layers, rswd, shape = gen.RESNET_CASES[case]

@@ -158,6 +158,7 @@ def test_upsampling_options_give_the_right_shape(upsampling, padding, size, out)
 
 
 @pytest.mark.parametrize("upsampling", unet.UPSAMPLINGS)
+@pytest.mark.slow
 def test_upsampling_options_run(upsampling):
   model = unet.UNetTiny(num_classes=3, upsampling=upsampling)
   x = _image((1, 32, 32, 3))

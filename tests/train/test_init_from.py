@@ -40,6 +40,7 @@ def resnet18_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["deeplab_shapes", "faster_rcnn_shapes"])
+@pytest.mark.slow
 def test_init_from_loads_the_backbone_before_training(name, resnet18_file, tmp_path):
   from jaxvision.train import loop, optim  # noqa: PLC0415
 
@@ -64,6 +65,7 @@ def test_init_from_loads_the_backbone_before_training(name, resnet18_file, tmp_p
   assert set(state.params) - {"backbone"}  # the heads keep their fresh initialisation
 
 
+@pytest.mark.slow
 def test_the_training_loop_starts_from_the_loaded_backbone(resnet18_file, tmp_path):
   # One step at learning rate 0 through train_and_evaluate: the checkpoint's backbone is the file's.
   from jaxvision.train import loop  # noqa: PLC0415
@@ -83,6 +85,7 @@ def test_the_training_loop_starts_from_the_loaded_backbone(resnet18_file, tmp_pa
                                 np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
 
 
+@pytest.mark.slow
 def test_init_from_needs_a_backbone_name(resnet18_file, tmp_path):
   from jaxvision.train import loop, optim  # noqa: PLC0415
 
@@ -96,6 +99,7 @@ def test_init_from_needs_a_backbone_name(resnet18_file, tmp_path):
     loop._init_state(config, family, optim.make_optimizer(config.optim, 1))
 
 
+@pytest.mark.slow
 def test_init_from_a_whole_torchvision_detector_with_a_new_predictor(tmp_path):
   """``init_from_model``: a whole torchvision Faster R-CNN file (the tiny-width one the detection
   parity test uses, 3 classes) starts a 5-class shapes model; ``init_from_skip`` keeps the fresh

@@ -100,6 +100,7 @@ def _fixed():
   return jnp.asarray(np.stack([gen.fixed_proposals(i) for i in range(B)]))
 
 
+@pytest.mark.slow
 def test_faster_rcnn_features_rpn_and_box_head_parity(ref, faster):
   family, variables, x = faster
   m = family.module
@@ -151,6 +152,7 @@ def _match_detections(boxes, scores, labels, valid, ref_boxes, ref_scores, ref_l
   return float(np.max(np.abs(np.sort(boxes, 0) - np.sort(ref_boxes, 0)))) if n else 0.0
 
 
+@pytest.mark.slow
 def test_faster_rcnn_proposals_and_detections_equal_torchvisions(ref, faster):
   family, variables, x = faster
   m = family.module
@@ -237,6 +239,7 @@ def masked(ref_mask):
   return _tiny("mask_rcnn", ref_mask["mrcnn_keys"], convert_maskrcnn_resnet50_fpn)
 
 
+@pytest.mark.slow
 def test_mask_rcnn_mask_logits_parity(ref_mask, masked):
   family, variables, x = masked
   m = family.module
@@ -252,6 +255,7 @@ def test_mask_rcnn_mask_logits_parity(ref_mask, masked):
   _close(logits, ref_mask["mrcnn_mask_logits"], what="mask logits")
 
 
+@pytest.mark.slow
 def test_mask_rcnn_detections_and_masks_equal_torchvisions(ref_mask, masked):
   family, variables, x = masked
   out = jax.jit(family.predict)(variables, {"image": x})
@@ -323,6 +327,7 @@ def _full_size_load(ref, keys_name, model_config, name, convert):
   return config, num_classes, n, n_torch
 
 
+@pytest.mark.slow
 def test_retinanet_features_and_head_parity(ref_retina, retina):
   family, variables, x = retina
   per_level = jax.jit(functools.partial(family.module.apply, train=False))(variables, x)
@@ -341,6 +346,7 @@ def test_retinanet_features_and_head_parity(ref_retina, retina):
   np.testing.assert_array_equal(anchors, ref_retina["retina_anchors"])
 
 
+@pytest.mark.slow
 def test_retinanet_detections_equal_torchvisions(ref_retina, retina):
   family, variables, x = retina
   dets = jax.jit(family.predict)(variables, {"image": x})
@@ -427,6 +433,7 @@ def fcos(ref_fcos):
   return _tiny_dense("fcos", config, num_classes, convert_fcos_resnet50_fpn(sd))
 
 
+@pytest.mark.slow
 def test_fcos_features_head_and_locations_parity(ref_fcos, fcos):
   from jaxvision.models.detection import fcos as fcos_lib  # noqa: PLC0415
   from jaxvision.models.detection import retinanet  # noqa: PLC0415
@@ -449,6 +456,7 @@ def test_fcos_features_head_and_locations_parity(ref_fcos, fcos):
   np.testing.assert_array_equal(loc["strides"], anchors[:, 2] - anchors[:, 0])
 
 
+@pytest.mark.slow
 def test_fcos_detections_equal_torchvisions(ref_fcos, fcos):
   family, variables, x = fcos
   dets = jax.jit(family.predict)(variables, {"image": x})
@@ -490,6 +498,7 @@ def ssd(ref_ssd):
   return family, load_into(template, convert_ssd300_vgg16(sd)), x
 
 
+@pytest.mark.slow
 def test_ssd_head_outputs_default_boxes_and_detections_equal_torchvisions(ref_ssd, ssd):
   from jaxvision.models.detection import ssd as ssd_lib  # noqa: PLC0415
   from jaxvision.ops import anchors as anchor_ops  # noqa: PLC0415

@@ -47,6 +47,7 @@ def _np_postprocess(boxes, scores, hw, *, score_threshold, iou_threshold, top_k,
 
 
 @pytest.mark.parametrize("class_specific", [False, True])
+@pytest.mark.slow
 def test_postprocess_matches_numpy(class_specific):
   rng = np.random.default_rng(0)
   b, n, k = 3, 40, 3
@@ -76,6 +77,7 @@ def test_postprocess_matches_numpy(class_specific):
     assert not np.asarray(out["labels"][i])[~v].any() and not np.asarray(out["boxes"][i])[~v].any()
 
 
+@pytest.mark.slow
 def test_postprocess_no_candidates_and_errors():
   boxes = jnp.zeros((2, 5, 4))
   out = dense_common.postprocess(boxes, jnp.full((2, 5, 2), 0.9), max_detections=3)

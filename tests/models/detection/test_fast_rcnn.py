@@ -161,6 +161,7 @@ def test_clean_proposals():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hierarchical_sampling_two_images_64_rois():
   family = _family()
   batch = jax.tree.map(jnp.asarray, _batch(3))
@@ -180,6 +181,7 @@ def test_hierarchical_sampling_two_images_64_rois():
     assert np.all(box_iou(fg, np.asarray(gt_boxes[i])).max(1) >= 0.5)
 
 
+@pytest.mark.slow
 def test_train_loss_and_predict():
   family = _family()
   variables = _variables(family)
@@ -223,6 +225,7 @@ def test_bad_input_finite(case):
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_sliding_window_mode_needs_no_proposals():
   family = _family(source="sliding_windows")
   batch = _batch(2)

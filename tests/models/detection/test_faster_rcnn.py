@@ -104,6 +104,7 @@ def _loss_and_grads(family):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_step_terms_and_gradients_reach_every_stage():
   family = _family()
   variables = _variables(family)
@@ -122,6 +123,7 @@ def test_train_step_terms_and_gradients_reach_every_stage():
     assert norm > 0 and np.isfinite(norm), stage
 
 
+@pytest.mark.slow
 def test_predict_contract():
   family = _family()
   preds = jax.jit(family.predict)(_variables(family), _batch(2))
@@ -133,6 +135,7 @@ def test_predict_contract():
   assert b.min() >= 0 and b.max() <= IMAGE
 
 
+@pytest.mark.slow
 def test_stage_methods_via_apply():
   family = _family()
   module, variables = family.module, _variables(family)
@@ -162,6 +165,7 @@ def test_no_recompilation_while_the_number_of_boxes_varies():
 
 @pytest.mark.parametrize("case", ["no_objects", "degenerate", "outside_image", "nan_box",
                                   "padding_example"])
+@pytest.mark.slow
 def test_bad_input_gives_finite_loss_and_gradients(case):
   family = _family()
   variables = _variables(family)
@@ -184,6 +188,7 @@ def test_bad_input_gives_finite_loss_and_gradients(case):
   assert all(np.all(np.isfinite(np.asarray(v))) for v in preds.values())
 
 
+@pytest.mark.slow
 def test_normalizers_are_psummed_across_devices(summed_losses):
   # Sampling sizes above the candidate counts make sampling deterministic (every candidate is
   # taken), so one device on the whole batch and two devices on halves must give the same loss.
@@ -235,6 +240,7 @@ def _num_params(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_full_size_resnet50_fpn_eval_shape():
   """Faster R-CNN R50-FPN at 800 x 800: shapes only (jax.eval_shape, nothing compiled)."""
   family = MODELS["faster_rcnn"]({"preset": "torchvision_fpn"}, 90)

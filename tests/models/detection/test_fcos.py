@@ -47,6 +47,7 @@ def _tiny_family(**overrides):
 
 
 @pytest.mark.parametrize("activation", fcos.REG_ACTIVATIONS)
+@pytest.mark.slow
 def test_head_init(activation):
   head = fcos.FCOSHead(num_classes=K, features=32, num_convs=4, reg_activation=activation)
   feats = {"P3": jnp.zeros((1, 4, 4, 32)), "P4": jnp.zeros((1, 2, 2, 32))}
@@ -185,6 +186,7 @@ def test_centerness_target_numpy_reference():
     {"reg_activation": "exp", "box_loss": "iou", "center_sampling_radius": 0.0,
      "centerness_on_reg": False, "box_loss_weighting": "centerness"},  # the paper's original + w
 ], ids=["improved", "paper"])
+@pytest.mark.slow
 def test_train_loss_finite_on_edge_cases(overrides):
   family = _tiny_family(**overrides)
   batch = _batch(*[np.asarray([v]) for v in EDGE_CASES["zero_boxes"]])
@@ -210,6 +212,7 @@ def test_train_loss_finite_on_edge_cases(overrides):
       assert float(terms["num_positives"]) > 0
 
 
+@pytest.mark.slow
 def test_loss_terms_by_hand():
   """Perfect boxes give zero (G)IoU loss; centerness BCE and focal loss match NumPy."""
   loc, _, gt, labels, valid = _hand_case()
@@ -279,6 +282,7 @@ def test_postprocess_scores_are_sqrt_cls_times_centerness():
   np.testing.assert_allclose(out["boxes"][0, 1], [0, 0, 8, 8], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_contract_shapes_and_config_errors():
   family = _tiny_family(max_detections=9)
   batch = _batch(np.zeros((2, 2, 4)), np.zeros((2, 2), np.int32), np.zeros((2, 2), bool))
@@ -299,6 +303,7 @@ def test_predict_contract_shapes_and_config_errors():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_size_r50_fpn_shapes():
   """FCOS R50-FPN at 512 x 512 with 80 classes: init, predict and train_loss traced only."""
   family = MODELS["fcos"]({"backbone": "resnet50", "backbone_args": {"norm": "frozen"}}, 80)

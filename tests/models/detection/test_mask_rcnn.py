@@ -142,6 +142,7 @@ TERMS = ("rpn_cls", "rpn_box", "head_cls", "head_box", "mask")
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigmoid_mask_loss_uses_only_the_gt_class_channel():
   rng = np.random.default_rng(0)
   p, m = 5, 6
@@ -193,6 +194,7 @@ def test_mask_probabilities_pick_the_detected_class():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_step_terms_and_gradients_reach_the_mask_head():
   family = _family()
   variables = _variables(family)
@@ -208,6 +210,7 @@ def test_train_step_terms_and_gradients_reach_the_mask_head():
     assert norm > 0 and np.isfinite(norm), stage
 
 
+@pytest.mark.slow
 def test_mask_branch_loss_uses_the_matched_gt_masks_at_the_rois():
   """mask_branch_loss on a hand-made RoI sample equals the BCE of the gt class's channel against
   each RoI's matched gt mask RoIAligned at the RoI (right image, right gt slot, right channel,
@@ -259,6 +262,7 @@ def test_mask_branch_loss_uses_the_matched_gt_masks_at_the_rois():
   np.testing.assert_allclose(float(loss), total / (4 * m * m), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_contract_and_masks_inside_boxes():
   family = _family()
   preds = jax.jit(family.predict)(_variables(family), _batch(2))
@@ -319,6 +323,7 @@ def _too_many_instances_batch():
 
 @pytest.mark.parametrize("case", ["no_instances", "empty_masks", "tiny_masks", "crowd",
                                   "too_many_instances", "padding_example", "nan_box"])
+@pytest.mark.slow
 def test_bad_input_gives_finite_loss_and_gradients(case):
   family = _family()
   variables = _variables(family)
@@ -349,6 +354,7 @@ def test_bad_input_gives_finite_loss_and_gradients(case):
   assert all(np.all(np.isfinite(np.asarray(v))) for v in preds.values())
 
 
+@pytest.mark.slow
 def test_normalizers_are_psummed_across_devices(summed_losses):
   family = _family(rpn_kwargs={"batch_size_per_image": 512},
                    roi_kwargs={"batch_size_per_image": 128})
@@ -368,6 +374,7 @@ def test_normalizers_are_psummed_across_devices(summed_losses):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_roipool_fpn_pools_each_roi_at_its_level():
   rng = np.random.default_rng(0)
   feats = {f"P{l}": jnp.asarray(rng.normal(size=(2, 256 >> l, 256 >> l, 3)), jnp.float32)
@@ -395,6 +402,7 @@ def test_roipool_fpn_pools_each_roi_at_its_level():
 
 @pytest.mark.parametrize("mask_kwargs,fpn", [({"pooler": "pool"}, False), ({"loss": "softmax"}, True)],
                          ids=["roipool", "softmax_fpn"])
+@pytest.mark.slow
 def test_ablations_train_and_predict(mask_kwargs, fpn):
   # (RoIPool over FPN levels is checked numerically above; here RoIPool on C4 keeps compiling cheap.)
   family = _family(mask_kwargs=mask_kwargs, fpn=fpn)

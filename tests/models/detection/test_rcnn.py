@@ -28,6 +28,7 @@ def test_context_boxes_hand_worked():
   np.testing.assert_allclose(np.asarray(out), [[0.0, -10.0, 40.0, 70.0]])
 
 
+@pytest.mark.slow
 def test_warp_of_a_linear_image_is_exact():
   # Bilinear sampling of I(x, y) = 2 x + 3 y + 1 (pixel centres at integer + 0.5) is exact, so the
   # warped bin (i, j) of box [8, 8, 40, 24] to 16 x 16 is I at the bin centre.
@@ -41,6 +42,7 @@ def test_warp_of_a_linear_image_is_exact():
   np.testing.assert_allclose(np.asarray(crops[0, ..., 0]), expected, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_losses_gradients_are_separated_and_predict_has_static_shapes():
   family = MODELS["rcnn"]({"features": (4, 8), "fc": (16, 16), "warp_size": 16,
                            "detections_per_image": 10}, 3)

@@ -85,6 +85,7 @@ def test_prior_bias_value():
     retinanet.prior_bias(1.0)
 
 
+@pytest.mark.slow
 def test_head_init_prior_bias_and_gaussian_weights():
   head = retinanet.RetinaNetHead(num_classes=K, num_anchors=9, features=64, num_convs=4)
   feats = {"P3": jnp.zeros((1, 4, 4, 64)), "P4": jnp.zeros((1, 2, 2, 64))}
@@ -189,6 +190,7 @@ def test_targets_without_boxes_are_all_negative():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_classification_loss_variants_by_hand():
   logits = jnp.asarray([[[2.0, -1.0], [0.5, 0.0], [-3.0, 1.0], [0.0, 0.0]]])  # (1, 4, 2)
   labels = jnp.asarray([[2, 0, -1, 0]])  # anchor 0: class 2; 1 and 3 background; 2 ignored
@@ -242,6 +244,7 @@ EDGE_CASES = {
 
 
 @pytest.mark.parametrize("cls_loss", retinanet.CLS_LOSSES)
+@pytest.mark.slow
 def test_train_loss_finite_on_edge_cases(cls_loss):
   family = _tiny_family(cls_loss=cls_loss)
   batch = _batch(*[np.asarray([v]) for v in EDGE_CASES["zero_boxes"]])
@@ -267,6 +270,7 @@ def test_train_loss_finite_on_edge_cases(cls_loss):
       assert float(terms["num_positives"]) > 0
 
 
+@pytest.mark.slow
 def test_zero_boxes_loss_is_normalized_by_one():
   family = _tiny_family()
   batch = _batch(*[np.asarray([v]) for v in EDGE_CASES["zero_boxes"]])
@@ -278,6 +282,7 @@ def test_zero_boxes_loss_is_normalized_by_one():
   np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_normalizer_is_psummed_over_devices():
   family = _tiny_family()
   boxes = [[[2, 2, 14, 14], [0, 0, 0, 0]], [[4, 4, 30, 20], [16, 16, 28, 30]]]
@@ -313,6 +318,7 @@ def test_no_recompilation_as_the_number_of_boxes_varies():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_postprocess_decodes_perfect_predictions():
   anchors = _hand_anchors()
   gt = jnp.asarray([[0, 0, 15, 12], [8, 6, 20, 20]], jnp.float32)
@@ -332,6 +338,7 @@ def test_postprocess_decodes_perfect_predictions():
   np.testing.assert_array_equal(out["boxes"][0, 2:], 0.0)
 
 
+@pytest.mark.slow
 def test_postprocess_topk_per_level_and_threshold():
   # Two levels of 3 anchors, 1 class: the top-1 per level survives, scores <= 0.05 never do.
   anchors = jnp.asarray([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10],
@@ -352,6 +359,7 @@ def test_postprocess_topk_per_level_and_threshold():
   np.testing.assert_allclose(out["boxes"][0, 4], [40, 20, 45, 25])
 
 
+@pytest.mark.slow
 def test_predict_contract_shapes():
   family = _tiny_family(max_detections=7)
   batch = _batch(np.zeros((2, 2, 4)), np.zeros((2, 2), np.int32), np.zeros((2, 2), bool))

@@ -158,6 +158,7 @@ def test_box_loss_finite_with_no_valid_rois():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pool_rois_single_level_equals_roi_align_and_pool():
   feats = {"C4": jax.random.normal(_key(1), (2, 8, 8, 3))}
   rois = jnp.array([[[0, 0, 64, 64], [16, 8, 100, 120]], [[4, 4, 40, 40], [0, 0, 0, 0]]],
@@ -180,6 +181,7 @@ def test_pool_rois_single_level_equals_roi_align_and_pool():
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_pool_rois_fpn_levels():
   feats = {f"P{l}": jax.random.normal(_key(l), (1, 256 // 2**l, 256 // 2**l, 2))
            for l in (2, 3, 4, 5)}

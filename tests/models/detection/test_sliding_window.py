@@ -38,6 +38,7 @@ def test_receptive_field_hand_worked():
   assert sw.SlidingWindowConfig().window == 30 and sw.SlidingWindowConfig().stride == 8
 
 
+@pytest.mark.slow
 def test_receptive_field_is_the_window_the_network_reads():
   # Perturbing a pixel just outside the window leaves the score-map cell unchanged; inside, it
   # changes it (for a random network; both corners of the window).
@@ -57,6 +58,7 @@ def test_receptive_field_is_the_window_the_network_reads():
 
 
 @pytest.mark.parametrize("features,fc_size", [((4, 8), 2), ((6, 8, 10), 2), ((5,), 3)])
+@pytest.mark.slow
 def test_convolutionalized_network_equals_crop_classifier(features, fc_size):
   module = sw.WindowClassifier(num_outputs=7, features=features, fc_size=fc_size, hidden=12)
   r, s = sw.receptive_field(len(features), fc_size), 2 ** len(features)
@@ -81,6 +83,7 @@ def test_crop_classifier_rejects_wrong_crop_size():
     module.apply(v, jnp.zeros((1, 20, 20, 3)))
 
 
+@pytest.mark.slow
 def test_window_grid_matches_resized_crops_and_family_scores():
   """The detector's multi-scale scores (one pass per scale) equal the crop classifier on the
   grid's crops of the rescaled images, in the grid's order; the boxes are the origins divided
@@ -105,6 +108,7 @@ def test_window_grid_matches_resized_crops_and_family_scores():
   np.testing.assert_allclose(np.asarray(out), np.asarray(direct), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_detections_from_scores_against_hand_worked_nms():
   boxes = jnp.asarray([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]],
                       jnp.float32)
@@ -121,6 +125,7 @@ def test_detections_from_scores_against_hand_worked_nms():
   assert det["boxes"].shape == (5, 4) and not bool(det["valid"][3])
 
 
+@pytest.mark.slow
 def test_train_loss_and_predict_static_shapes_and_empty_images():
   family = MODELS["sliding_window"](SMALL, 3)
   traces = []

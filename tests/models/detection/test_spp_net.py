@@ -51,6 +51,7 @@ def _np_spp(fmap, box, scale, bins):
   return np.concatenate(out)
 
 
+@pytest.mark.slow
 def test_spp_pool_rois_against_numpy_reference():
   rng = np.random.default_rng(1)
   fmap = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
@@ -69,6 +70,7 @@ def test_spp_pool_rois_against_numpy_reference():
   np.testing.assert_array_equal(np.asarray(got[3]), 0.0)  # padded RoI
 
 
+@pytest.mark.slow
 def test_one_level_spp_equals_fast_rcnn_roi_pooling():
   """SPP with a single 7x7 level is Fast R-CNN's RoI pooling: same parameters, same detections."""
   fast = MODELS["fast_rcnn"]({"preset": "resnet", "backbone": BACKBONE,
@@ -89,6 +91,7 @@ def test_one_level_spp_equals_fast_rcnn_roi_pooling():
   np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_pyramid_vector_size_and_training_step():
   family = MODELS["spp_net"](SMALL, 5)
   batch = _batch()
@@ -115,6 +118,7 @@ def test_pyramid_vector_size_and_training_step():
   assert pred["boxes"].shape == (2, 10, 4)
 
 
+@pytest.mark.slow
 def test_train_backbone_false_stops_the_gradient_at_the_conv_map():
   batch = _batch()
   for train_backbone in (True, False):

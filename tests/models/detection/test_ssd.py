@@ -42,6 +42,7 @@ def tiny():
   return family, variables
 
 
+@pytest.mark.slow
 def test_heads_line_up_with_default_boxes(tiny):
   family, variables = tiny
   out = family.module.apply(variables, jnp.zeros((2, 64, 64, 3)), train=False)
@@ -63,6 +64,7 @@ def test_l2norm():
   np.testing.assert_allclose(np.linalg.norm(np.asarray(y), axis=-1), 20.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_contract(tiny):
   family, variables = tiny
   preds = jax.jit(family.predict)(variables, H._batch())
@@ -73,6 +75,7 @@ def test_predict_contract(tiny):
   assert v.any() and np.all((labels[v] >= 1) & (labels[v] <= 3)) and np.all(labels[~v] == 0)
 
 
+@pytest.mark.slow
 def test_loss_normalized_by_positives(tiny):
   family, variables = tiny
   batch = H._batch(n_valid=3)
@@ -92,6 +95,7 @@ def test_loss_normalized_by_positives(tiny):
   assert float(terms_off["loc"]) == pytest.approx(float(terms["loc"]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_no_recompilation_as_gt_count_varies(tiny):
   family, variables = tiny
 
@@ -109,6 +113,7 @@ def test_no_recompilation_as_gt_count_varies(tiny):
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_bad_input_gives_finite_loss(tiny):
   family, variables = tiny
   batch = H._batch(m=4)

@@ -59,6 +59,7 @@ def test_space_to_depth_matches_numpy():
     yolo.space_to_depth(jnp.zeros((1, 3, 4, 1)), 2)
 
 
+@pytest.mark.slow
 def test_output_shapes(tiny):
   name, family, variables = tiny
   out = family.module.apply(variables, jnp.zeros((2, 64, 64, 3)), train=False)
@@ -69,6 +70,7 @@ def test_output_shapes(tiny):
     assert out["pred"].shape == (1, 6, 5, 3, 8)
 
 
+@pytest.mark.slow
 def test_predict_contract(tiny):
   _, family, variables = tiny
   preds = jax.jit(family.predict)(variables, _batch())
@@ -84,6 +86,7 @@ def test_predict_contract(tiny):
   assert np.all(np.diff(np.asarray(preds["scores"])[0][v[0]]) <= 0)  # sorted by score
 
 
+@pytest.mark.slow
 def test_no_recompilation_as_gt_count_varies(tiny):
   _, family, variables = tiny
 
@@ -101,6 +104,7 @@ def test_no_recompilation_as_gt_count_varies(tiny):
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_bad_input_gives_finite_loss(tiny):
   _, family, variables = tiny
   batch = _batch(m=4)

@@ -51,6 +51,7 @@ def _optim(**kw):
   return c
 
 
+@pytest.mark.slow
 def test_discriminator_encodings_and_ground_truth_encodings():
   x = jnp.ones((2, 16, 16, 3))
   y = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, C)), -1)
@@ -78,6 +79,7 @@ def test_discriminator_encodings_and_ground_truth_encodings():
 
 
 @pytest.mark.parametrize("step", [0, 1])
+@pytest.mark.slow
 def test_loss_terms_and_gradients_reach_only_the_active_player(step):
   family, variables = _family_and_variables()
   batch = jax.tree.map(jnp.asarray, _batch())
@@ -147,6 +149,7 @@ def _two_train_steps(num_devices):
   return _run_steps(family, tx, variables, _batch(), 2, num_devices=num_devices)
 
 
+@pytest.mark.slow
 def test_alternating_updates_leave_the_other_player_unchanged():
   states, metrics = _two_train_steps(4)
   s0, s1, s2 = states
@@ -169,6 +172,7 @@ def test_alternating_updates_leave_the_other_player_unchanged():
       assert np.isfinite(m[k]), k
 
 
+@pytest.mark.slow
 def test_terms_and_updates_do_not_depend_on_the_device_count():
   one, m1 = _two_train_steps(1)
   four, m4 = _two_train_steps(4)

@@ -42,6 +42,7 @@ def _family_and_variables(num_classes=4, size=16):
   return family, variables
 
 
+@pytest.mark.slow
 def test_layer_equals_the_dense_crf_op_and_unnormalises_the_image():
   family, variables = _family_and_variables()
   batch, rgb = _batch()
@@ -57,6 +58,7 @@ def test_layer_equals_the_dense_crf_op_and_unnormalises_the_image():
   np.testing.assert_allclose(jax.nn.softmax(out["logits"], -1), want, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_gradients_through_the_iterations_are_finite_and_reach_crf_parameters():
   family, variables = _family_and_variables()
   batch, _ = _batch()
@@ -77,6 +79,7 @@ def test_gradients_through_the_iterations_are_finite_and_reach_crf_parameters():
   assert float(jnp.max(jnp.abs(g["cnn"]["head"]["kernel"]))) > 0  # reaches the CNN too
 
 
+@pytest.mark.slow
 def test_family_loss_terms_predict_and_config_errors():
   family, variables = _family_and_variables()
   batch, _ = _batch()
@@ -94,6 +97,7 @@ def test_family_loss_terms_predict_and_config_errors():
   assert MODELS["crf_rnn"](TINY, 4).task == "segmentation"
 
 
+@pytest.mark.slow
 def test_eval_num_iters_and_scalar_weights():
   family = crf_rnn.make_crf_rnn({**TINY, "eval_num_iters": 0, "per_class_weights": False,
                                  "learn_compatibility": False}, 3)

@@ -60,6 +60,7 @@ def test_paper_network_224_has_a_1x1_fc6_and_252m_parameters():
   assert variables["params"]["deconv_fc6"]["conv"]["kernel"].shape == (7, 7, 4096, 512)
 
 
+@pytest.mark.slow
 def test_decoder_unpools_with_the_switch_variables():
   model = deconvnet.DeconvNet(num_classes=3, stage_depths=(1, 1), widths=(4, 4), fc_features=8,
                               fc_kernel=2)
@@ -79,6 +80,7 @@ def test_decoder_unpools_with_the_switch_variables():
 
 
 @pytest.mark.parametrize("hw", [(33, 33), (40, 37)])
+@pytest.mark.slow
 def test_tiny_network_keeps_the_input_size(hw):
   model = deconvnet.DeconvNetTiny(num_classes=4)
   x = _image((1, *hw, 3))
@@ -96,6 +98,7 @@ def test_too_small_input_names_the_minimum_size():
 
 
 @pytest.mark.parametrize("upsampling", ["transposed", "nearest"])
+@pytest.mark.slow
 def test_other_upsamplings(upsampling):
   model = deconvnet.DeconvNet(num_classes=2, stage_depths=(1, 1), widths=(4, 4), fc_features=8,
                               fc_kernel=2, upsampling=upsampling)
@@ -106,6 +109,7 @@ def test_other_upsamplings(upsampling):
   assert ("unpool1" in variables["params"]) == (upsampling == "transposed")
 
 
+@pytest.mark.slow
 def test_family_and_bad_config():
   family = MODELS["deconvnet"]({"name": "deconvnet", "preset": "tiny"}, 3)
   x = _image((2, 33, 33, 3))

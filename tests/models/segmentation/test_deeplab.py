@@ -80,6 +80,7 @@ def test_config_errors():
     deeplab.make_deeplab({"crf": {"iters": 5}}, 3)
 
 
+@pytest.mark.slow
 def test_dense_crf_post_processing_is_the_crf_of_the_logits():
   from jaxvision.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
   from jaxvision.ops import crf  # noqa: PLC0415

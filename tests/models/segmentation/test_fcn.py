@@ -112,6 +112,7 @@ def _np_deconv(x, k, f):
 
 
 @pytest.mark.parametrize("at_once", [False, True])
+@pytest.mark.slow
 def test_fcn8s_paper_head_matches_numpy_reference(at_once):
   """The paper FCN-8s head on the backbone's features, with Caffe's literal offsets 5, 9, 31."""
   backbone = _paper_vgg(width=4, fc_features=8)
@@ -137,6 +138,7 @@ def test_fcn8s_paper_head_matches_numpy_reference(at_once):
   np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_zero_initialised_scores_and_fixed_upsampling():
   family = MODELS["fcn"]({"variant": "16s", "width": 4, "fc_features": 8,
                           "learn_upsampling": False}, 4)

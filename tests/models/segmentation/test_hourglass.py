@@ -38,6 +38,7 @@ def _num_params(params) -> int:
 
 
 @pytest.mark.parametrize("num_stacks", [1, 3])
+@pytest.mark.slow
 def test_one_output_per_stack_and_the_last_is_the_prediction(num_stacks):
   model = hourglass.StackedHourglass(num_classes=4, num_stacks=num_stacks, depth=2, features=8)
   x = _image((2, 37, 50, 3))  # odd sizes: ceil pooling and cropping
@@ -61,6 +62,7 @@ def _np_ce(logits, labels):
   return np.where(labels == 255, 0.0, ce)
 
 
+@pytest.mark.slow
 def test_intermediate_supervision_is_the_weighted_sum_of_per_stack_cross_entropies():
   weights = (0.5, 1.0, 2.0)
   family = hourglass.make_hourglass({"num_stacks": 3, "depth": 1, "features": 8,
@@ -85,6 +87,7 @@ def test_intermediate_supervision_is_the_weighted_sum_of_per_stack_cross_entropi
       pred, np.argmax(_apply(family.module, variables, x, train=False)["aux"][-1], -1))
 
 
+@pytest.mark.slow
 def test_paper_parameter_count():
   # Arithmetic of the released network (F = 256, 8 stacks, depth 4, 16 joints): a residual module
   # from C_in to F has BatchNorm (2 C each) before its three convolutions (with bias)
@@ -110,6 +113,7 @@ def test_paper_parameter_count():
 
 
 @pytest.mark.parametrize("upsampling", ["transposed", "bilinear", "max_unpool"])
+@pytest.mark.slow
 def test_upsampling_options(upsampling):
   model = hourglass.StackedHourglass(num_classes=2, num_stacks=1, depth=2, features=8,
                                      stem_downsample=2, upsampling=upsampling)

@@ -93,6 +93,7 @@ def test_input_cascade_sees_65x65():
   assert out.shape == (2, 5)
 
 
+@pytest.mark.slow
 def test_input_cascade_feeds_the_first_cnn_probabilities_to_the_second():
   model = pw.InputCascadeCNN(pw.TwoPathCNN(num_classes=3, **SMALL),
                              pw.TwoPathCNN(num_classes=3, **SMALL))
@@ -120,6 +121,7 @@ def test_extract_patches_matches_numpy():
 
 
 @pytest.mark.parametrize("architecture", ["two_path", "local_path", "input_cascade"])
+@pytest.mark.slow
 def test_patchwise_scores_equal_the_fully_convolutional_scores(architecture):
   model = pw.PatchwiseSegmenter(num_classes=4, architecture=architecture, **SMALL)
   images = _image((2, 11, 13, 3))
@@ -156,6 +158,7 @@ def test_sample_patch_centers_uniform_and_class_balanced():
   assert not bool(pw.sample_patch_centers(rng, jnp.asarray(empty), 3)[1][0])
 
 
+@pytest.mark.slow
 def test_patch_training_loss_is_the_cross_entropy_at_the_sampled_centres():
   family = pw.make_patchwise({"train_mode": "patches", "patches_per_image": 6, **SMALL}, 3)
   images = _image((2, 10, 12, 3))

@@ -95,6 +95,7 @@ def test_unpooling_puts_values_exactly_at_the_argmax(hw):
 
 @pytest.mark.parametrize("method", upsample.UPSAMPLE_METHODS)
 @pytest.mark.parametrize("hw", [(8, 6), (7, 5)])
+@pytest.mark.slow
 def test_upsample2x_methods_give_the_target_size(method, hw):
   x = _image((2, -(-hw[0] // 2), -(-hw[1] // 2), 4))
   idx = upsample.max_pool_2x2_with_argmax(_image((2, *hw, 4), 1))[1]
@@ -148,6 +149,7 @@ def test_decoder_unpools_at_the_encoders_argmax_positions():
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (37, 50), (5, 3)])
+@pytest.mark.slow
 def test_logits_have_the_input_size(hw):
   model = segnet.SegNetTiny(num_classes=4)
   x = _image((2, *hw, 3))
@@ -188,6 +190,7 @@ def test_paper_parameter_count():
   assert out["logits"].shape == (1, 360, 480, 12)
 
 
+@pytest.mark.slow
 def test_segnet_basic_has_no_relu_in_the_decoder():
   x = _image((1, 16, 16, 3))
   for model, negative in ((segnet.SegNetBasic(num_classes=2, widths=(4,) * 4), True),
@@ -205,6 +208,7 @@ def test_segnet_basic_has_no_relu_in_the_decoder():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_family_from_registry_and_loss():
   family = MODELS["segnet"]({"name": "segnet", "preset": "tiny"}, 3)
   assert isinstance(family.module, segnet.SegNet) and family.module.widths == (4, 4, 8, 8, 8)
