@@ -33,11 +33,5 @@ def get_config(arg: str | None = None):
     return faster_rcnn_fpn_shapes.get_config("smoke")
   c = datasets.coco2017(base.base_config())
   faster_rcnn_fpn_voc.faster_rcnn_r50_fpn(c)
-  base.sgd_step_schedule(c, learning_rate=0.02, decay_steps=(60000, 80000), weight_decay=1e-4)
-  c.train.steps = 90000
-  c.train.log_every = 100
-  c.train.eval_every = 10000
-  c.train.checkpoint_every = 2000
-  c.eval.metric = "coco"
-  c.eval.best_metric = "bbox/AP"
+  base.coco_1x_schedule(c, learning_rate=0.02)
   return c

@@ -33,15 +33,7 @@ def get_config(arg: str | None = None):
   c.model.backbone_args = dict(norm="frozen")
   c.model.cls_loss = "focal"
   c.init_from_at = "backbone"
-  base.sgd_step_schedule(c, learning_rate=0.01, decay_steps=(60000, 80000),
-                         weight_decay=1e-4)
-  c.train.steps = 90000
-  c.train.log_every = 100
-  c.train.eval_every = 10000
-  c.train.checkpoint_every = 2000
-  c.eval.metric = "coco"
-  c.eval.best_metric = "bbox/AP"
-  c.eval.best_mode = "max"
+  base.coco_1x_schedule(c, learning_rate=0.01)
   if arg == "smoke":
     c = base.apply_smoke(c)
     c.data.name = "shapes"

@@ -124,6 +124,20 @@ def sgd_step_schedule(c: ml_collections.ConfigDict, *, learning_rate: float,
   return c
 
 
+def coco_1x_schedule(c: ml_collections.ConfigDict, *, learning_rate: float) -> ml_collections.ConfigDict:
+  """Detectron's "1x" COCO schedule: 90k iterations (of 16 images), ``sgd_step_schedule`` with the
+  learning rate x0.1 at 60k and 80k and weight decay 1e-4; COCO box AP every 10k steps picks the
+  best checkpoint."""
+  sgd_step_schedule(c, learning_rate=learning_rate, decay_steps=(60000, 80000), weight_decay=1e-4)
+  c.train.steps = 90000
+  c.train.log_every = 100
+  c.train.eval_every = 10000
+  c.train.checkpoint_every = 2000
+  c.eval.metric = "coco"
+  c.eval.best_metric = "bbox/AP"
+  return c
+
+
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config for the config test: a few steps on the tiny split, at most 128 px."""
   c.data.train_split = "tiny"

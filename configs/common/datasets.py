@@ -9,17 +9,23 @@ stops with the exact command, see ``jaxvision.data.tfds_sources``).
 import ml_collections
 
 
+def _segmentation_splits(c: ml_collections.ConfigDict, train_split: str, eval_split: str,
+                         image_size: tuple[int, int]) -> ml_collections.ConfigDict:
+  """Splits, size and the segmentation configs' augmentation (flips, scale jitter 0.5-2)."""
+  c.data.train_split = train_split
+  c.data.eval_split = eval_split
+  c.data.image_size = image_size
+  c.data.augment.flip = True
+  c.data.augment.scale_jitter = (0.5, 2.0)
+  return c
+
+
 def oxford_iiit_pet(c: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
   """Oxford-IIIT Pet as 2 classes (background, pet; the trimap's border pixels are ignored):
   3680 trainval images for training, the 3669 test images for evaluation."""
   c.data.name = "oxford_iiit_pet"
   c.data.pet_labels = "pet"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.image_size = (size, size)
-  c.data.augment.flip = True
-  c.data.augment.scale_jitter = (0.5, 2.0)
-  return c
+  return _segmentation_splits(c, "train", "test", (size, size))
 
 
 def scene_parse150(c: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
@@ -28,12 +34,7 @@ def scene_parse150(c: ml_collections.ConfigDict, size: int) -> ml_collections.Co
   its train split (20210 images) and its test split (2000, ADE20K's validation images)."""
   c.data.name = "scene_parse150"
   c.data.scene_parse_other = "background"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.image_size = (size, size)
-  c.data.augment.flip = True
-  c.data.augment.scale_jitter = (0.5, 2.0)
-  return c
+  return _segmentation_splits(c, "train", "test", (size, size))
 
 
 def cityscapes(c: ml_collections.ConfigDict, height: int) -> ml_collections.ConfigDict:
@@ -41,12 +42,7 @@ def cityscapes(c: ml_collections.ConfigDict, height: int) -> ml_collections.Conf
   train and 500 validation images (manual download, see ``jaxvision.data.tfds_sources``), resized
   to ``height x 2 height`` (the 1024 x 2048 images keep their aspect)."""
   c.data.name = "cityscapes"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = (height, 2 * height)
-  c.data.augment.flip = True
-  c.data.augment.scale_jitter = (0.5, 2.0)
-  return c
+  return _segmentation_splits(c, "train", "validation", (height, 2 * height))
 
 
 def voc0712(c: ml_collections.ConfigDict, image_size, batch_size: int) -> ml_collections.ConfigDict:
