@@ -6,9 +6,11 @@ mce + lambda * adversarial, alternating updates (even steps discriminator, odd s
 Command:   python train.py --config configs/adversarial_shapes.py --workdir runs/adversarial
 Smoke:     python train.py --config configs/adversarial_shapes.py:smoke --workdir /tmp/adv_smoke
 Hardware:  a 2-core CPU (no accelerator needed).
-Model:     segmentor as configs/unet_shapes.py (U-Net depth 4, 8 features, BatchNorm); discriminator
-           16 features, 3 stride-2 stages, one logit per image; lambda = model.adv_weight = 0.1,
-           non-saturating segmentor term (paper Sec. 2.2); each player gets 2000 / 2 updates.
+Model:     segmentor as configs/unet_shapes.py (U-Net depth 4, 16 features, BatchNorm, on the 2x
+           average-pooled image, logits resized back to 128 px); discriminator 16 features, 3
+           stride-2 stages, one logit per image, on the full-resolution image and label map;
+           lambda = model.adv_weight = 0.1, non-saturating segmentor term (paper Sec. 2.2); each
+           player gets 4400 / 2 = 2200 updates, the U-Net default's step count.
            Set --config.model.adv_weight=0 for the same training without the adversarial term.
 Expected:  not measured yet with this command (the 4000-step run was not made on the shared CPU).
            tests/models/segmentation/test_adversarial.py's smaller run (64 x 64, depth 3, 240 steps
@@ -23,8 +25,10 @@ def get_config(arg: str | None = None):
   c = base.base_config()
   c.model.name = "adversarial"
   c.model.depth = 4
-  c.model.base_features = 8
+  c.model.base_features = 16
   c.model.norm = "batch"
+  c.model.upsampling = "transposed"
+  c.model.input_stride = 2  # as unet_shapes: the U-Net on the 64 x 64 average-pooled image
   c.model.axis_name = "data"  # cross-replica BatchNorm under data parallelism
   c.model.encoding = "basic"
   c.model.disc_features = 16
@@ -37,8 +41,8 @@ def get_config(arg: str | None = None):
   c.optim.learning_rate = 3e-3
   c.optim.discriminator_learning_rate = 1e-3
   c.optim.warmup_steps = 100  # 50 per player
-  c.train.steps = 4000  # 2000 segmentor updates, as unet_shapes' 2000 steps
-  c.train.eval_every = 1000
+  c.train.steps = 4400  # 2200 segmentor updates, as unet_shapes' 2200 steps
+  c.train.eval_every = 1100
   c.train.checkpoint_every = 500
   if arg == "smoke":
     c = base.apply_smoke(c)

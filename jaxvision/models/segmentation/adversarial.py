@@ -244,7 +244,7 @@ def _optim_copy(optim_config: Any) -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------------------------------------
 
 _SEG_KEYS = ("depth", "base_features", "norm", "upsampling", "dropout_rate", "axis_name",
-             "bn_momentum", "bn_epsilon")
+             "input_stride", "bn_momentum", "bn_epsilon")
 _DISC_KEYS = ("encoding", "disc_features", "disc_stages")
 _OTHER_KEYS = ("adv_weight", "adv_mode", "gt_encoding", "gt_tau", "discriminator_first",
                "class_weights", "name")
@@ -259,9 +259,9 @@ def make_adversarial(model_config: Any, num_classes: int) -> Family:
   """The adversarial segmentation family (``MODELS["adversarial"]``).
 
   Keys of ``model_config`` (all optional): the segmentor U-Net's ``depth`` (4), ``base_features``
-  (8), ``norm`` (``"batch"``), ``upsampling``, ``dropout_rate``, ``axis_name``, ``bn_momentum``,
-  ``bn_epsilon``; the discriminator's ``encoding`` (``"basic"``/``"product"``), ``disc_features``
-  (16), ``disc_stages`` (3); ``adv_weight`` (lambda, 0.1), ``adv_mode`` (``"nonsaturating"``),
+  (8), ``norm`` (``"batch"``), ``upsampling``, ``dropout_rate``, ``axis_name``, ``input_stride``,
+  ``bn_momentum``, ``bn_epsilon``; the discriminator's ``encoding`` (``"basic"``/``"product"``),
+  ``disc_features`` (16), ``disc_stages`` (3); ``adv_weight`` (lambda, 0.1), ``adv_mode`` (``"nonsaturating"``),
   ``gt_encoding`` (``"onehot"``/``"scaling"``), ``gt_tau`` (0.9), ``discriminator_first`` (True),
   ``class_weights`` (cross-entropy weights, ``C`` floats).
 

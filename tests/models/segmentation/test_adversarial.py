@@ -199,6 +199,20 @@ def test_config_errors_and_registry():
   assert MODELS["adversarial"](TINY, C).task == "segmentation"
 
 
+def test_input_stride_reaches_the_segmentor_and_predictions_keep_full_resolution():
+  # As configs/adversarial_shapes.py: the U-Net runs on the 2x average-pooled image, its logits are
+  # resized back, and the discriminator sees full-resolution label maps (shapes only: eval_shape).
+  family = adversarial.make_adversarial({**TINY, "input_stride": 2}, C)
+  assert family.module.segmentor.input_stride == 2
+  batch = _batch(b=2, size=16)
+  variables = jax.eval_shape(lambda k: family.init_variables(k, batch), _key())
+  pred = jax.eval_shape(family.predict, variables, {"image": batch["image"]})
+  assert pred["segmentation"].shape == (2, 16, 16)
+  with pytest.raises(ValueError, match="input_stride"):
+    jax.eval_shape(lambda k: adversarial.make_adversarial(
+        {**TINY, "input_stride": 0}, C).init_variables(k, batch), _key())
+
+
 # ------------------------------------------------------------------------------------------------
 # Learning (slow)
 # ------------------------------------------------------------------------------------------------
