@@ -17,8 +17,16 @@ Measured on the shared 2-core CPU (600 steps of 4 images; benchmarks/results_fcn
   16s      0.210  0.875       0.099
   8s       0.242  0.880       0.168
 
-The paper's ordering (its Table 2 on PASCAL VOC 2011 val: 59.4 / 62.4 / 62.7 mIoU) holds, with the
-largest gains in the boundary score, as its Fig. 4 shows qualitatively.
+At the configs' full budget (``--steps 2000 --batch_size 8``, idle 2-core CPU, 2026-11-22;
+benchmarks/results_fcn_variants_2000_cpu.jsonl):
+
+  variant  mIoU   pixel acc.  boundary F (2 px)  training
+  32s      0.382  0.887       0.198              363 s
+  16s      0.589  0.929       0.352              382 s
+  8s       0.631  0.940       0.436              376 s
+
+The paper's ordering (its Table 2 on PASCAL VOC 2011 val: 59.4 / 62.4 / 62.7 mIoU) holds at both
+budgets, with the largest relative gains in the boundary score, as its Fig. 4 shows qualitatively.
 """
 
 from __future__ import annotations

@@ -11,7 +11,13 @@ Model:     VGG-16 at 1/8 width (8..64 channels, fc6/fc7 64) with BatchNorm (not 
            model.width=64, model.fc_features=4096, model.norm=None, model.alignment="paper".
 Expected:  validation mIoU 0.631, pixel accuracy 0.940 after 2000 steps (0.316 / 0.490 / 0.620 at
            steps 500 / 1000 / 1500), 6 min 29 s wall on an idle 2-core CPU, data prepared
-           (measured 2026-11-22 with this command). Earlier, on the shared 2-core CPU,
+           (measured 2026-11-22 with this command; the same 0.631 again in the side-by-side run below).
+           With `python benchmarks/fcn_variants_shapes.py --steps 2000 --batch_size 8` (the three
+           configs' full budget, evaluated once at the end; idle 2-core CPU, 2026-11-22;
+           benchmarks/results_fcn_variants_2000_cpu.jsonl): FCN-32s / 16s / 8s val mIoU
+           0.382 / 0.589 / 0.631, pixel accuracy 0.887 / 0.929 / 0.940, boundary F (2 px)
+           0.198 / 0.352 / 0.436, training 6.0 / 6.4 / 6.3 min wall.
+           Earlier, on the shared 2-core CPU,
            with `python benchmarks/fcn_variants_shapes.py --steps 600 --batch_size 4` (this config,
            600 steps of 4 images): val mIoU 0.242, pixel accuracy 0.880, boundary F (2 px)
            0.168; FCN-32s / 16s / 8s: mIoU 0.170 / 0.210 / 0.242, boundary F 0.033 / 0.099 / 0.168.
