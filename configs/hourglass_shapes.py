@@ -14,7 +14,7 @@ Expected:  validation mIoU 0.318, pixel accuracy 0.888 after 2000 steps (0.235 /
            0.093, star 0.125, cross 0.218), 6 min 41 s wall on an idle 2-core CPU, data prepared
            (measured 2026-11-22 with this command). Far below the U-Net's 0.63 at the same budget:
            32 channels throughout and a 1/4-resolution stem give this shrunk hourglass little
-           capacity to tell the shapes apart (the curve is flat after step 1000). A short run of this model
+           capacity to tell the shapes apart (+0.035 after step 1000). A short run of this model
            (tests/models/segmentation/test_hourglass.py::test_hourglass_learns_shapes: 400 steps of
            batch 8, constant Adam 3e-3, first 100 validation images) measured val mIoU
            0.012 -> 0.221 on a shared 2-core CPU.
