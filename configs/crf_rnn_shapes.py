@@ -10,7 +10,10 @@ Hardware:  a 2-core CPU works (no accelerator needed); the permutohedral lattice
 Model:     U-Net depth 4, 8 base features, BatchNorm (as configs/unet_shapes.py); CRF kernels
            sigma_alpha 20 px, sigma_beta 13 (RGB 0..255), sigma_gamma 3 px, initial weights 5 / 3,
            one weight per class, Potts-initialised compatibility; T = 5 in training and at test.
-Expected:  not measured yet with this command (the 2000-step run was not made on the shared CPU).
+Expected:  not measured yet with this command. On the idle 2-core CPU (2026-11-22) it runs 2.0-2.3 s
+           a step (the lattice builds for 8 images at 128 px dominate), so the 2000 steps take
+           ~75 min; that run was stopped at step ~376 (training CRF cross-entropy 1.79 at step 40
+           -> 1.61 at step 360) to free the CPU. Run it on an accelerator.
            The 64 x 64, 150-step run in tests/models/segmentation/test_crf_rnn.py (depth 3) went
            from val mIoU 0.007 to 0.200 (measured 2026-11, shared 2-core CPU).
 """
