@@ -8,7 +8,10 @@ plus an SGD update (the loop's step minus data parallelism), torchvision's is ``
 ``optimizer.step()`` on the same optimizer. Inference is ``jit(family.predict)`` (including
 post-processing: NMS, fixed detections) vs ``model.eval()(images)``. Timings are interleaved
 (``_common.time_interleaved``); results print as one JSON line per (pair, mode) with
-``ratio = torchvision_ms / jaxvision_ms`` (> 1: jaxvision faster), versions and device.
+``ratio = torchvision_ms / jaxvision_ms`` (> 1: jaxvision faster), versions and device. For the
+dense detectors (RetinaNet, FCOS, SSD) the inference line also has ``jaxvision_forward_ms`` (the
+network alone, timed in the same interleaved rounds) and ``jaxvision_postprocess_share`` =
+(predict - forward) / predict: the share of inference spent decoding, ranking and in NMS.
 
     python benchmarks/train_step.py --list
     python benchmarks/train_step.py --pairs deeplabv3_resnet50 --batch 2 --size 512
@@ -232,6 +235,15 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   def jax_infer():
     jax.block_until_ready(jpredict({"params": state["p"], **state["r"]}, jbatch))
 
+  # Dense detectors (a family with a separate ``postprocess``): the network's forward alone, so
+  # that the post-processing (decode, top-k, NMS, fixed detections) shows as a share of predict.
+  jforward = None
+  if pair.task == "detection" and family.postprocess is not None:
+    jforward = jax.jit(lambda v, x: family.module.apply(v, x, train=False))
+
+  def jax_forward():
+    jax.block_until_ready(jforward({"params": state["p"], **state["r"]}, jbatch["image"]))
+
   images = torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()).to(device)
   targets = _torch_targets(pair, batch, device)
   opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -262,15 +274,22 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
     t0 = time.perf_counter()
     fns["jaxvision"]()
     first_s = time.perf_counter() - t0  # compile + first run
+    if mode == "infer" and jforward is not None:
+      fns["jaxvision_forward"] = jax_forward
     times = _common.time_interleaved(fns, repeats=repeats, warmup=1)
     jm, tm = times["jaxvision"]["median_ms"], times["torchvision"]["median_ms"]
+    post = {}
+    if "jaxvision_forward" in times:
+      fm = times["jaxvision_forward"]["median_ms"]
+      post = {"jaxvision_forward_ms": fm,
+              "jaxvision_postprocess_share": round(max(jm - fm, 0.0) / jm, 3)}
     results.append({
         "benchmark": "train_step" if mode == "train" else "inference", "pair": pair.name,
         "torchvision_model": pair.torchvision, "batch": batch_size, "image_hw": [size, size],
         "num_classes": pair.num_classes, "same_initial_weights": True, "jaxvision_ms": jm, "torchvision_ms": tm,
         "jaxvision_images_per_s": round(batch_size / jm * 1e3, 3),
         "torchvision_images_per_s": round(batch_size / tm * 1e3, 3),
-        "ratio": round(tm / jm, 3), "jaxvision_compile_s": round(first_s, 2),
+        "ratio": round(tm / jm, 3), **post, "jaxvision_compile_s": round(first_s, 2),
         "jaxvision_init_s": round(init_s, 2), "repeats": repeats, "torch_device": device,
         # Per image in jaxvision's last step: how much of the fixed-size work was real (e.g. the
         # mask branch always runs on mask_head.rois_per_image slots, torchvision on the positives).
