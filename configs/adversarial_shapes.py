@@ -16,8 +16,8 @@ Expected:  validation mIoU 0.237, pixel accuracy 0.868 after 4400 steps (0.176 /
            steps 1100 / 2200 / 3300), 42 min wall on the 2-core CPU (measured 2026-11-22 with this
            command; two 80 s benchmark runs shared the CPU). It collapses: the discriminator tells
            one-hot ground truth from softmax maps almost perfectly from step ~180 on (accuracy
-           0.94-1.0), the non-saturating term (-log a(x, s(x)) = 3.6-13.7 at the logged steps, x lambda = 0.4-1.4)
-           outweighs the cross-entropy, which rises from 1.5 to ~3 during training, and the
+           0.94-1.0), the non-saturating term (-log a(x, s(x)) = 3.6-13.7 at the logged steps,
+           x lambda = 0.4-1.4) outweighs the cross-entropy, which rises from 1.5 to ~3 during training, and the
            segmentor never predicts circle, square or cross (IoU 0; triangle 0.26, star 0.24). The
            same segmentor and optimizer trained alone (configs/unet_shapes.py: 2200 updates, the
            same warm-up and cosine; it sees every batch where this one sees every other) reaches
