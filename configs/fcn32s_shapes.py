@@ -8,11 +8,9 @@ Model:     as configs/fcn8s_shapes.py (VGG-16 at 1/8 width with BatchNorm), no s
            upsampling by 32 from the stride-32 scores.
 Expected:  validation mIoU 0.382, pixel accuracy 0.887, boundary F (2 px) 0.198 after 2000 steps,
            6 min 3 s of training on an idle 2-core CPU (2026-11-22).
-           With `python benchmarks/fcn_variants_shapes.py --steps 2000 --batch_size 8` (the three
-           configs' full budget, evaluated once at the end; idle 2-core CPU, 2026-11-22;
-           benchmarks/results_fcn_variants_2000_cpu.jsonl): FCN-32s / 16s / 8s val mIoU
-           0.382 / 0.589 / 0.631, pixel accuracy 0.887 / 0.929 / 0.940, boundary F (2 px)
-           0.198 / 0.352 / 0.436, training 6.0 / 6.4 / 6.3 min wall.
+           Measured with `python benchmarks/fcn_variants_shapes.py --steps 2000 --batch_size 8`
+           (this config's full budget, evaluated once at the end), which trains FCN-32s/16s/8s
+           side by side; the three results are in that script's docstring.
            Earlier, on the shared 2-core CPU,
            with `python benchmarks/fcn_variants_shapes.py --steps 600 --batch_size 4` (this config,
            600 steps of 4 images): val mIoU 0.170, pixel accuracy 0.859, boundary F (2 px)
