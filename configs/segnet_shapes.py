@@ -12,7 +12,9 @@ Expected:  validation mIoU 0.225, pixel accuracy 0.844 after 2000 steps (0.169 /
            steps 500 / 1000 / 1500; background IoU 0.94, every shape <= 0.14), 7 min 43 s wall on an
            idle 2-core CPU, data prepared (measured 2026-11-22 with this command): this narrow
            SegNet barely separates the shapes from each other at this budget (FCN-8s, same CPU and
-           steps: 0.631). Short runs measured on a shared 2-core CPU: tests/models/segmentation/test_segnet.py::test_segnet_learns_shapes (64 px,
+           steps: 0.631). Widening the two deepest stages, `"--config.model.widths=(8,16,64,128)"`
+           (2026-11-22, idle CPU, 11 min): 0.225 again (0.184 / 0.205 / 0.214 at 500 / 1000 /
+           1500, pixel accuracy 0.857), so the bottom's width is not what limits it. Short runs measured on a shared 2-core CPU: tests/models/segmentation/test_segnet.py::test_segnet_learns_shapes (64 px,
            stages (1, 1, 2, 2), 900 steps of batch 8, constant Adam 3e-3) val mIoU 0.019 -> 0.195;
            this model at 64 px, 1500 steps: 0.186 (on the first 100 validation images).
 """
