@@ -261,9 +261,9 @@ def make_adversarial(model_config: Any, num_classes: int) -> Family:
   Keys of ``model_config`` (all optional): the segmentor U-Net's ``depth`` (4), ``base_features``
   (8), ``norm`` (``"batch"``), ``upsampling``, ``dropout_rate``, ``axis_name``, ``input_stride``,
   ``bn_momentum``, ``bn_epsilon``; the discriminator's ``encoding`` (``"basic"``/``"product"``),
-  ``disc_features`` (16), ``disc_stages`` (3); ``adv_weight`` (lambda, 0.1), ``adv_mode`` (``"nonsaturating"``),
-  ``gt_encoding`` (``"onehot"``/``"scaling"``), ``gt_tau`` (0.9), ``discriminator_first`` (True),
-  ``class_weights`` (cross-entropy weights, ``C`` floats).
+  ``disc_features`` (16), ``disc_stages`` (3); ``adv_weight`` (lambda, 0.1), ``adv_mode``
+  (``"nonsaturating"``), ``gt_encoding`` (``"onehot"``/``"scaling"``), ``gt_tau`` (0.9),
+  ``discriminator_first`` (True), ``class_weights`` (cross-entropy weights, ``C`` floats).
 
   The family's ``make_optimizer`` is ``make_adversarial_optimizer``; ``init`` creates both players;
   ``predict`` runs the segmentor only.
