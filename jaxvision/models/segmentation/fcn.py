@@ -57,6 +57,7 @@ import jax.numpy as jnp
 
 from jaxvision.models.backbones.vgg import VGG16
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import ConvTranspose
 from jaxvision.models.segmentation._common import (as_dict, check_keys,
                                                    pixel_softmax_family)
 from jaxvision.ops.unpool import bilinear_kernel
@@ -243,10 +244,10 @@ class _Upsample(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = 2 * self.factor
-    return nn.ConvTranspose(self.features, (k, k), strides=(self.factor, self.factor),
-                            padding="VALID", use_bias=False, kernel_init=_bilinear_init(self.factor),
-                            transpose_kernel=True, dtype=self.dtype,
-                            name="deconv")(x)  # (B, (h-1) f + 2f, ..., C)
+    return ConvTranspose(self.features, (k, k), strides=(self.factor, self.factor),
+                         padding="VALID", use_bias=False, kernel_init=_bilinear_init(self.factor),
+                         transpose_kernel=True, dtype=self.dtype,
+                         name="deconv")(x)  # (B, (h-1) f + 2f, ..., C)
 
 
 class _FixedUpsample(nn.Module):

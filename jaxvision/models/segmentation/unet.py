@@ -64,7 +64,7 @@ import numpy as np
 
 from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
 from jaxvision.models.family import Family, segmentation_family
-from jaxvision.models.layers import ConvNormAct, ModuleDef
+from jaxvision.models.layers import ConvNormAct, ConvTranspose, ModuleDef
 from jaxvision.models.segmentation._common import as_dict
 from jaxvision.ops.unpool import pixel_shuffle, resize_bilinear
 
@@ -265,7 +265,7 @@ class UpSample(nn.Module):
   features: int
   method: str = "transposed"
   conv: ModuleDef = nn.Conv
-  conv_transpose: ModuleDef = nn.ConvTranspose
+  conv_transpose: ModuleDef = ConvTranspose
 
   @nn.compact
   def __call__(self, x):
@@ -377,7 +377,7 @@ class UNet(nn.Module):
                          f"{tuple(x.shape)}.")
 
     conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=paper_init)
-    conv_transpose = functools.partial(nn.ConvTranspose, dtype=self.dtype,
+    conv_transpose = functools.partial(ConvTranspose, dtype=self.dtype,
                                        kernel_init=paper_upconv_init)
     norm = None
     if self.norm == "batch":

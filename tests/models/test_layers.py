@@ -1,0 +1,55 @@
+"""``jaxvision.models.layers.ConvTranspose``: the product form equals ``flax.linen.ConvTranspose``."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision.models.layers import ConvTranspose
+
+
+@pytest.mark.parametrize("kernel, strides, transpose_kernel, use_bias", [
+    ((2, 2), (2, 2), False, True),    # U-Net up-convolution, Mask R-CNN conv5_mask
+    ((4, 4), (2, 2), True, False),    # FCN 2x upsampling (bilinear-initialised, transposed kernel)
+    ((4, 4), (2, 2), False, True),
+    ((6, 4), (3, 2), False, True),    # non-square, 2 x 2 blocks
+    ((3, 2), (1, 2), True, True),     # stride 1 along one axis: 3 blocks
+    ((16, 16), (8, 8), True, False),  # FCN-8s' last upsampling
+    ((3, 3), (2, 2), False, True),    # not a multiple of the stride: nn.ConvTranspose itself
+])
+def test_conv_transpose_equals_flax(kernel, strides, transpose_kernel, use_bias):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3, 4)), jnp.float32)
+  kw = dict(features=6, kernel_size=kernel, strides=strides, padding="VALID",
+            transpose_kernel=transpose_kernel, use_bias=use_bias)
+  ref, ours = nn.ConvTranspose(**kw), ConvTranspose(**kw)
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  mine = ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same initialisation
+  # Non-trivial bias so that the bias path is checked too.
+  variables = jax.tree.map(lambda v: v + 0.1, variables)
+  y_ref, y = ref.apply(variables, x), ours.apply(variables, x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
+  g = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_takes_the_product_form_only_where_it_applies():
+  x = jnp.zeros((1, 4, 4, 3))
+  assert ConvTranspose(5, (4, 4), strides=(2, 2), padding="VALID")._block_factors(x) == (2, 2)
+  assert ConvTranspose(5, (2, 2), strides=(2, 2), padding="VALID")._block_factors(x) == (1, 1)
+  assert ConvTranspose(5, (3, 3), strides=(2, 2), padding="VALID")._block_factors(x) is None
+  assert ConvTranspose(5, (2, 2), strides=(2, 2), padding="SAME")._block_factors(x) is None
+  assert ConvTranspose(5, (2, 2), strides=(2, 2), padding="VALID",
+                       kernel_dilation=(2, 2))._block_factors(x) is None
