@@ -31,7 +31,8 @@ Stage methods (``module.apply(variables, ..., method=...)``), the extension poin
 * ``FasterRCNN.features(images, train)``: the feature dict (backbone and neck).
 * ``FasterRCNN.rpn(features)``: ``(logits [B, A], deltas [B, A, 4])`` over all levels' anchors.
 * ``FasterRCNN.roi_heads(features, rois, rois_valid, image_size=..., train=...)``:
-  ``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])``.
+  ``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])``, computed on the leading rows that
+  hold the valid RoIs at inference (``box_outputs`` computes all ``S``).
 
 and functions of the bound module, usable as ``method=``: ``rpn_losses_and_proposals``,
 ``box_losses``, ``faster_rcnn_losses`` (the whole training loss) and ``faster_rcnn_detect``
@@ -40,7 +41,10 @@ and functions of the bound module, usable as ``method=``: ``rpn_losses_and_propo
 
 Static shapes everywhere: the number of gt boxes (``box_valid``), of proposals and of detections
 never changes an array shape, so the step compiles once (``tests/models/detection/
-test_faster_rcnn.py`` counts the traces while the number of boxes varies).
+test_faster_rcnn.py`` counts the traces while the number of boxes varies). At inference the box
+head and the post-processing still skip most empty slots: they run on the smallest of a few row
+buckets (``S``, ``S / 2``, ``S / 4``, ``S / 8``) that holds every valid proposal, one compiled
+branch each, chosen at run time (``roi_heads.switch_on_rows``).
 
 Defaults not in the paper, from torchvision (paper values in the docstrings of ``RPNConfig`` and
 ``RoIHeadsConfig``): RoIAlign instead of RoIPool, 512 RoIs per image with background ``[0, 0.5)``,
@@ -114,8 +118,25 @@ class FasterRCNN(nn.Module):
     return jnp.concatenate(logits, axis=1), jnp.concatenate(deltas, axis=1)
 
   def roi_heads(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size,
-                train: bool = False):
-    """Box head on ``[B, S, 4]`` RoIs: ``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])``."""
+                train: bool = False, axis_name: str | None = None):
+    """Box head on ``[B, S, 4]`` RoIs: ``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])``.
+
+    At inference computed on the leading rows that hold every valid RoI (``roi_config.row_buckets``,
+    ``roi_heads.switch_on_rows``); rows past them are zeros. In training on all ``S`` rows (see
+    ``switch_on_rows`` for why). ``axis_name``: the caller's data-parallel axis, if any."""
+    s = rois.shape[1]
+
+    def head(mdl, n, feats, r, rv):
+      out = mdl.box_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size, train=train)
+      return tuple(heads.pad_rows(o, s) for o in out)
+
+    return heads.switch_on_rows(self, head, rois_valid, features, rois, rois_valid,
+                                buckets=1 if train else self.roi_config.row_buckets,
+                                axis_name=axis_name)
+
+  def box_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size,
+                  train: bool = False):
+    """``roi_heads`` on all ``S`` rows (no buckets): pooling, box head, predictor."""
     b, s = rois.shape[:2]
     pooled = heads.pool_rois(features, rois, rois_valid, config=self.roi_config,
                              image_size=image_size)  # (B S, oh, ow, C)
@@ -253,7 +274,8 @@ def box_losses(module, features, proposals, proposals_valid, batch, key, *,
                                       gt_valid, config=cfg)
   sample = sample._replace(valid=sample.valid & _example_valid(batch)[:, None])
   class_logits, box_deltas = module.roi_heads(features, sample.rois, sample.valid,
-                                              image_size=batch_image_size(batch), train=train)
+                                              image_size=batch_image_size(batch), train=train,
+                                              axis_name=axis_name)
   normalizer = _psum(jnp.sum(sample.valid, dtype=jnp.float32), axis_name)
   loss_cls, loss_box = heads.box_head_loss(class_logits, box_deltas, sample, config=cfg,
                                            normalizer=normalizer)
@@ -280,11 +302,20 @@ def faster_rcnn_losses(module: FasterRCNN, batch, key, *, axis_name: str | None 
 
 
 def detect_from_proposals(module, features, proposals, proposals_valid, batch) -> heads.Detections:
-  """Box head + per-class decoding + class-aware NMS on given proposals (batched ``Detections``)."""
-  class_logits, box_deltas = module.roi_heads(features, proposals, proposals_valid,
-                                              image_size=batch_image_size(batch), train=False)
+  """Box head + per-class decoding + class-aware NMS on given proposals (batched ``Detections``).
+
+  Both run on the leading proposals that hold every valid one (``roi_config.row_buckets``): the
+  ``S x K`` candidates NMS ranks shrink with them."""
   post = functools.partial(heads.postprocess_detections, config=module.roi_config)
-  return jax.vmap(post)(class_logits, box_deltas, proposals, proposals_valid, batch_image_hw(batch))
+  image_size, image_hw = batch_image_size(batch), batch_image_hw(batch)
+
+  def detect(mdl, n, feats, p, pv):
+    p, pv = p[:, :n], pv[:, :n]
+    class_logits, box_deltas = mdl.box_outputs(feats, p, pv, image_size=image_size, train=False)
+    return jax.vmap(post)(class_logits, box_deltas, p, pv, image_hw)
+
+  return heads.switch_on_rows(module, detect, proposals_valid, features, proposals,
+                              proposals_valid, buckets=module.roi_config.row_buckets)
 
 
 def inference_proposals(module: FasterRCNN, features, batch):

@@ -26,7 +26,9 @@ parallel with the box head. One jitted training step::
 * **Static shapes**: ``P = mask_head.rois_per_image`` (default: the sampler's largest foreground
   count, ``int(batch_size_per_image * positive_fraction)``, so no positive is ever dropped) rows per
   image whatever the number of gt boxes, padded rows invalid. The number of gt boxes ``M``, of
-  proposals and of detections never changes a shape (the tests count traces).
+  proposals and of detections never changes a shape (the tests count traces). At inference the
+  mask head runs on the smallest row bucket (``D``, ``D / 2``, ...; ``roi_heads.switch_on_rows``)
+  that holds the batch's valid detections.
 * **Inference** (Sec. 3 "Inference"): the ``D`` detections of Faster R-CNN (class-aware NMS), the
   mask branch on the detected boxes, the predicted class's mask (sigmoid, or softmax probability
   of the class), pasted into the network-input frame at the box by bilinear resampling and
@@ -61,6 +63,7 @@ from jaxvision.losses import binary_mask_loss
 from jaxvision.models.detection import faster_rcnn as frcnn
 from jaxvision.models.detection import roi_heads as heads
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import ConvTranspose
 from jaxvision.ops import masks as mask_ops
 from jaxvision.ops import roi as roi_ops
 
@@ -167,7 +170,7 @@ class MaskRCNNHead(nn.Module):
     for i in range(self.num_convs):
       x = nn.relu(nn.Conv(self.conv_features, (3, 3), padding="SAME", kernel_init=init,
                           dtype=self.dtype, name=f"mask_fcn{i + 1}")(x))  # (N, 14, 14, F)
-    x = nn.relu(nn.ConvTranspose(self.conv_features, (2, 2), strides=(2, 2), padding="VALID",
+    x = nn.relu(ConvTranspose(self.conv_features, (2, 2), strides=(2, 2), padding="VALID",
                                  kernel_init=init, dtype=self.dtype, name="conv5_mask")(x))
     x = nn.Conv(self.num_outputs, (1, 1), kernel_init=init, dtype=self.dtype,
                 name="mask_fcn_logits")(x)  # (N, 28, 28, K)
@@ -215,8 +218,22 @@ class MaskRCNN(frcnn.FasterRCNN):
   mask_head: nn.Module | None = None
   mask_config: MaskHeadConfig = MaskHeadConfig()
 
-  def mask_logits(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size):
-    """Mask head on ``[B, S, 4]`` RoIs: ``[B, S, 28, 28, K (+1)]`` logits."""
+  def mask_logits(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size,
+                  train: bool = False, axis_name: str | None = None):
+    """Mask head on ``[B, S, 4]`` RoIs: ``[B, S, 28, 28, K (+1)]`` logits; at inference computed on
+    the leading rows that hold every valid RoI (``roi_config.row_buckets``; zeros past them), in
+    training (``train=True``) on all ``S``."""
+    s = rois.shape[1]
+
+    def head(mdl, n, feats, r, rv):
+      return heads.pad_rows(mdl.mask_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size), s)
+
+    return heads.switch_on_rows(self, head, rois_valid, features, rois, rois_valid,
+                                buckets=1 if train else self.roi_config.row_buckets,
+                                axis_name=axis_name)
+
+  def mask_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size):
+    """``mask_logits`` on all ``S`` rows (no buckets)."""
     b, s = rois.shape[:2]
     pooled = pool_mask_rois(features, rois, rois_valid, roi_config=self.roi_config,
                             mask_config=self.mask_config, image_size=image_size)  # (B S, 14, 14, C)
@@ -333,7 +350,8 @@ def mask_branch_loss(module: MaskRCNN, features, sample, batch, *, axis_name: st
                                   output_size=cfg.mask_size, mask_stride=stride,
                                   sampling_ratio=cfg.sampling_ratio)
   targets = targets.reshape(b, p, cfg.mask_size, cfg.mask_size)
-  logits = module.mask_logits(features, rois, pos, image_size=frcnn.batch_image_size(batch))
+  logits = module.mask_logits(features, rois, pos, image_size=frcnn.batch_image_size(batch),
+                              train=True, axis_name=axis_name)
   n_pos = jnp.sum(pos, dtype=jnp.float32)
   normalizer = n_pos if axis_name is None else jax.lax.psum(n_pos, axis_name)
   loss = mask_loss(logits, targets, labels, pos, kind=cfg.loss, normalizer=normalizer,

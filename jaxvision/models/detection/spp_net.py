@@ -107,8 +107,22 @@ class SPPNet(nn.Module):
       feats = jax.tree.map(jax.lax.stop_gradient, feats)
     return feats
 
-  def roi_heads(self, features, rois, rois_valid, *, image_size, train: bool = False):
-    """``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])`` of ``[B, S, 4]`` RoIs."""
+  def roi_heads(self, features, rois, rois_valid, *, image_size, train: bool = False,
+                axis_name: str | None = None):
+    """``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])`` of ``[B, S, 4]`` RoIs; at inference
+    on the leading rows that hold every valid RoI (as ``FasterRCNN.roi_heads``)."""
+    s = rois.shape[1]
+
+    def head(mdl, n, feats, r, rv):
+      out = mdl.box_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size, train=train)
+      return tuple(heads.pad_rows(o, s) for o in out)
+
+    return heads.switch_on_rows(self, head, rois_valid, features, rois, rois_valid,
+                                buckets=1 if train else self.roi_config.row_buckets,
+                                axis_name=axis_name)
+
+  def box_outputs(self, features, rois, rois_valid, *, image_size, train: bool = False):
+    """``roi_heads`` on all ``S`` rows: pyramid pooling, box head, predictor."""
     b, s = rois.shape[:2]
     pooled = spp_pool_rois(features, rois, rois_valid, config=self.roi_config,
                            image_size=image_size, bins=self.bins, pool=self.spp_pool)

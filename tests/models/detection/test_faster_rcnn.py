@@ -163,6 +163,24 @@ def test_no_recompilation_while_the_number_of_boxes_varies():
   chex.clear_trace_counter()
 
 
+def test_row_buckets_give_the_same_outputs_with_few_proposals():
+  # Two candidates per image before NMS: at most 2 of the 16 test proposal slots are valid, so at
+  # inference the box head and the post-processing run on the 2-row bucket (buckets 16, 8, 4, 2),
+  # against all 16 rows with row_buckets=1: the same predictions. (Training always uses all rows.)
+  sparse = {"pre_nms_top_n_test": 2, "pre_nms_top_n_train": 2}
+  families = [_family(rpn_kwargs=sparse, roi_kwargs={"row_buckets": nb}) for nb in (1, 4)]
+  variables = _variables(families[0])
+  batch = jax.tree.map(jnp.asarray, _batch(3))
+  module = families[1].module
+  proposals = module.apply(variables, batch, method=lambda m, b: frcnn.inference_proposals(
+      m, m.features(b["image"]), b))
+  assert int(jnp.max(jnp.sum(proposals.valid, axis=1))) <= 2
+  preds = [jax.jit(f.predict)(variables, batch) for f in families]
+  for key in preds[0]:
+    np.testing.assert_array_equal(np.asarray(preds[0][key]), np.asarray(preds[1][key]), key)
+  assert np.any(np.asarray(preds[0]["valid"]))
+
+
 @pytest.mark.parametrize("case", ["no_objects", "degenerate", "outside_image", "nan_box",
                                   "padding_example"])
 @pytest.mark.slow

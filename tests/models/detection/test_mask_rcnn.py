@@ -278,6 +278,21 @@ def test_predict_contract_and_masks_inside_boxes():
       assert xs.min() >= np.floor(x1) - 1 and xs.max() <= np.ceil(x2) and ys.min() >= np.floor(y1) - 1
 
 
+def test_row_buckets_give_the_same_masks():
+  # D = 10 detections (buckets 10, 5, 3, 2) with at most 3 valid (one proposal x K classes): at
+  # inference the mask head runs on the 3-row bucket, against all 10 rows with row_buckets=1, and
+  # gives the same masks. (Training always uses all rows.)
+  families = [_family(roi_kwargs={"row_buckets": nb}, rpn_kwargs={"pre_nms_top_n_test": 1})
+              for nb in (1, 4)]
+  variables = _variables(families[0])
+  batch = jax.tree.map(jnp.asarray, _batch(1))
+  preds = [jax.jit(f.predict)(variables, batch) for f in families]
+  assert 0 < int(np.max(np.sum(np.asarray(preds[0]["valid"]), axis=1))) <= 3  # 1 RoI x K
+  for key in preds[0]:
+    np.testing.assert_array_equal(np.asarray(preds[0][key]), np.asarray(preds[1][key]), key)
+  assert np.asarray(preds[0]["masks"]).any()
+
+
 def test_no_recompilation_while_the_number_of_boxes_varies():
   family = _family()
   variables = _variables(family)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,3 +281,47 @@ def test_postprocess_clips_and_keeps_at_most_d():
   assert b.min() >= 0 and b[:, 2].max() <= 100 and b[:, 3].max() <= 100
   s = np.asarray(d.scores)
   assert np.all(np.diff(s) <= 0) and s.min() > 0.05
+
+
+def test_row_buckets():
+  assert heads.row_buckets(1000, 4) == (1000, 500, 250, 125)
+  assert heads.row_buckets(5, 4) == (5, 3, 2, 1)
+  assert heads.row_buckets(512, 1) == (512,)
+  assert heads.row_buckets(1, 4) == (1,)
+  with pytest.raises(ValueError, match="row_buckets"):
+    heads.RoIHeadsConfig(row_buckets=0)
+
+
+class _RowsProbe(nn.Module):
+  """Returns the bucket ``switch_on_rows`` ran and a Dense layer's padded output on the rows."""
+  buckets: int = 4
+
+  @nn.compact
+  def __call__(self, x, valid):
+    def fn(mdl, n, x):
+      y = mdl.dense(x[:, :n])
+      return jnp.int32(n), heads.pad_rows(y, x.shape[1])
+    return heads.switch_on_rows(self, fn, valid, x, buckets=self.buckets)
+
+  def setup(self):
+    self.dense = nn.Dense(3)
+
+
+@pytest.mark.parametrize("last_valid, expected", [(0, 2), (2, 2), (3, 4), (5, 8), (9, 16),
+                                                  (16, 16)])
+def test_switch_on_rows_takes_the_smallest_bucket_holding_every_valid_row(last_valid, expected):
+  # S = 16 -> buckets 16, 8, 4, 2. Image 0 has valid rows up to ``last_valid``; image 1 only its
+  # first row: the batch's largest last-valid index decides, whatever the rows before it.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 5)), jnp.float32)
+  valid = np.zeros((2, 16), bool)
+  valid[0, max(last_valid - 1, 0)] = last_valid > 0
+  valid[1, 0] = True
+  module = _RowsProbe()
+  variables = module.init(jax.random.PRNGKey(0), x, jnp.asarray(valid))
+  n, y = jax.jit(module.apply)(variables, x, jnp.asarray(valid))
+  assert int(n) == expected
+  full = _RowsProbe(buckets=1).apply(variables, x, jnp.asarray(valid))[1]
+  # The rows the bucket computed equal the full computation; the others are zeros.
+  np.testing.assert_allclose(np.asarray(y)[:, :expected], np.asarray(full)[:, :expected],
+                             rtol=1e-6, atol=1e-6)
+  assert not np.any(np.asarray(y)[:, expected:])
