@@ -1,12 +1,15 @@
 """Training images/s and inference latency: jaxvision families vs torchvision models, side by side.
 
 For each pair, both sides get the same architecture (jaxvision's model is configured from the
-torchvision model's state dict by ``jaxvision.weights``' model configs), the same weights (torchvision's
-random initialisation, converted), the same batch size, resolution and number of classes, and the
-same random inputs/targets; the jaxvision train step is ``jit(value_and_grad(family.train_loss))``
-plus an SGD update (the loop's step minus data parallelism), torchvision's is ``loss.backward()`` plus
-``optimizer.step()`` on the same optimizer. Inference is ``jit(family.predict)`` (including
-post-processing: NMS, fixed detections) vs ``model.eval()(images)``. Timings are interleaved
+torchvision model's state dict by ``jaxvision.weights``' model configs), the same weights
+(torchvision's random initialisation, converted), the same batch size, resolution and number of
+classes, and the same random inputs/targets (for the detectors, jaxvision gets the normalised tensor
+that torchvision's built-in transform feeds its network, so both networks see the same input and
+the region-based ones keep the same proposals); the jaxvision train step is
+``jit(value_and_grad(family.train_loss))`` plus an SGD update (the loop's step minus data
+parallelism), torchvision's is ``loss.backward()`` plus ``optimizer.step()`` on the same optimizer.
+Inference is ``jit(family.predict)`` (including post-processing: NMS, fixed detections) vs
+``model.eval()(images)``. Timings are interleaved
 (``_common.time_interleaved``); results print as one JSON line per (pair, mode) with
 ``ratio = torchvision_ms / jaxvision_ms`` (> 1: jaxvision faster), versions and device. For the
 dense detectors (RetinaNet, FCOS, SSD) the inference line also has ``jaxvision_forward_ms`` (the
@@ -135,6 +138,11 @@ def _torch_model(pair: Pair, size: int, device):
   return model.to(device)
 
 
+# Small, so that both sides stay near the common initialisation during the ~8 timed steps and keep
+# doing comparable work: at 1e-3 SSD300 reached NaN on both sides (its input is in 0-255 units),
+# after which post-processing has nothing to rank and the timings stop meaning much.
+LEARNING_RATE = 1e-5
+
 # Train-loss terms of the region-based families that count RoIs per image (reported as is).
 COUNT_TERMS = ("num_proposals", "num_fg_rois", "num_mask_rois")
 
@@ -198,6 +206,19 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   family = models.MODELS[model_cfg["name"]](model_cfg, classes)
   rng = np.random.default_rng(0)
   batch = _random_batch(config, batch_size, classes, rng)
+  if pair.task != "segmentation":  # what torchvision's detectors expect: RGB in [0, 1]
+    batch["image"] = rng.uniform(0.0, 1.0, batch["image"].shape).astype(np.float32)
+  images = torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()).to(device)
+  if pair.task != "segmentation":
+    # torchvision's detectors normalise (and resize) inside the model; jaxvision's data pipeline
+    # does it on the host. Give jaxvision the tensor torchvision's network sees, so both run the
+    # same network input (and so the same number of proposals in the region-based detectors).
+    with torch.no_grad():
+      seen = model.eval().transform(list(images))[0].tensors
+    if tuple(seen.shape[2:]) != batch["image"].shape[1:3]:
+      raise RuntimeError(f"torchvision resized the {batch['image'].shape[1:3]} input to "
+                         f"{tuple(seen.shape[2:])}: pick --size so that it does not")
+    batch["image"] = seen.cpu().numpy().transpose(0, 2, 3, 1).copy()
   jbatch = jax.device_put(batch)
   # The same weights on both sides (converted from torchvision's random initialisation), so
   # inference post-processes the same kind of scores.
@@ -208,7 +229,7 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   init_s = time.perf_counter() - t0
   params = variables["params"]
   rest = {k: v for k, v in variables.items() if k != "params"}
-  tx = optax.sgd(1e-3, momentum=0.9)
+  tx = optax.sgd(LEARNING_RATE, momentum=0.9)
   opt_state = tx.init(params)
 
   def jstep(params, rest, opt_state, batch, rng):
@@ -228,7 +249,7 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
     state["p"], state["r"], state["o"], (loss, counts) = jstep(state["p"], state["r"], state["o"],
                                                                jbatch, key)
     jax.block_until_ready(loss)
-    state["counts"] = counts
+    state["counts"], state["loss"] = counts, loss
 
   jpredict = jax.jit(family.predict)
 
@@ -244,9 +265,12 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   def jax_forward():
     jax.block_until_ready(jforward({"params": state["p"], **state["r"]}, jbatch["image"]))
 
-  images = torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()).to(device)
   targets = _torch_targets(pair, batch, device)
-  opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+  opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
+  if hasattr(model, "rpn"):  # the proposals per image torchvision's box head got (cf. jaxvision's)
+    model.rpn.register_forward_hook(
+        lambda mod, args, out: state.__setitem__("torch_proposals",
+                                                 float(np.mean([len(p) for p in out[0]]))))
 
   def torch_train():
     model.train()
@@ -259,6 +283,7 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
     loss.backward()
     opt.step()
     sync()
+    state["torch_loss"] = loss.detach()
 
   def torch_infer():
     model.eval()
@@ -286,14 +311,20 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
     results.append({
         "benchmark": "train_step" if mode == "train" else "inference", "pair": pair.name,
         "torchvision_model": pair.torchvision, "batch": batch_size, "image_hw": [size, size],
-        "num_classes": pair.num_classes, "same_initial_weights": True, "jaxvision_ms": jm, "torchvision_ms": tm,
+        "num_classes": pair.num_classes, "same_initial_weights": True,
+        "jaxvision_ms": jm, "torchvision_ms": tm,
         "jaxvision_images_per_s": round(batch_size / jm * 1e3, 3),
         "torchvision_images_per_s": round(batch_size / tm * 1e3, 3),
         "ratio": round(tm / jm, 3), **post, "jaxvision_compile_s": round(first_s, 2),
         "jaxvision_init_s": round(init_s, 2), "repeats": repeats, "torch_device": device,
         # Per image in jaxvision's last step: how much of the fixed-size work was real (e.g. the
         # mask branch always runs on mask_head.rois_per_image slots, torchvision on the positives).
-        **({"jaxvision_counts": {k: round(float(v), 2) for k, v in state.get("counts", {}).items()}}
+        **({"jaxvision_counts": {k: round(float(v), 2) for k, v in state.get("counts", {}).items()},
+            # The last step's losses: both sides must stay finite for the timings to mean much.
+            **({"torchvision_num_proposals": state["torch_proposals"]}
+               if "torch_proposals" in state else {}),
+            "jaxvision_last_loss": round(float(state["loss"]), 4),
+            "torchvision_last_loss": round(float(state["torch_loss"]), 4)}
            if mode == "train" else {}), **env})
   return results
 
