@@ -19,6 +19,8 @@ network alone, timed in the same interleaved rounds) and ``jaxvision_postprocess
     python benchmarks/train_step.py --list
     python benchmarks/train_step.py --pairs deeplabv3_resnet50 --batch 2 --size 512
     python benchmarks/train_step.py --pairs all --repeats 5
+    python benchmarks/train_step.py --pairs fasterrcnn_resnet50_fpn --modes infer \
+        --model_set roi_heads.row_buckets=1          # a jaxvision-side ablation
 
 Needs torch + torchvision in the environment (never a jaxvision dependency). On a GPU machine both
 sides run on the GPU (torch on ``cuda``). Results are recorded in benchmarks/RESULTS.md.
@@ -188,7 +190,22 @@ def _random_batch(config, batch_size: int, num_classes: int, rng) -> dict[str, n
   return b
 
 
-def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("train", "infer")):
+def _set_model_key(model_cfg: dict, assignment: str) -> None:
+  """``"roi_heads.row_buckets=1"`` -> ``model_cfg["roi_heads"]["row_buckets"] = 1`` (JSON value)."""
+  import json  # noqa: PLC0415
+
+  key, sep, value = assignment.partition("=")
+  if not sep:
+    raise ValueError(f"--model_set wants section.key=value, got {assignment!r}")
+  *path, last = key.split(".")
+  node = model_cfg
+  for part in path:
+    node = node.setdefault(part, {})
+  node[last] = json.loads(value)
+
+
+def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("train", "infer"),
+             model_set: tuple[str, ...] = ()):
   import jax  # noqa: PLC0415
   import optax  # noqa: PLC0415
   import torch  # noqa: PLC0415
@@ -202,6 +219,8 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
   model = _torch_model(pair, size, device)
   state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
   model_cfg, classes = pair.model_config(state_dict)
+  for assignment in model_set:  # jaxvision-side ablations, e.g. roi_heads.row_buckets=1
+    _set_model_key(model_cfg, assignment)
   config = _config(pair.task, model_cfg, size)
   family = models.MODELS[model_cfg["name"]](model_cfg, classes)
   rng = np.random.default_rng(0)
@@ -312,6 +331,7 @@ def run_pair(pair: Pair, *, batch_size: int, size: int, repeats: int, modes=("tr
         "benchmark": "train_step" if mode == "train" else "inference", "pair": pair.name,
         "torchvision_model": pair.torchvision, "batch": batch_size, "image_hw": [size, size],
         "num_classes": pair.num_classes, "same_initial_weights": True,
+        **({"jaxvision_model_set": list(model_set)} if model_set else {}),
         "jaxvision_ms": jm, "torchvision_ms": tm,
         "jaxvision_images_per_s": round(batch_size / jm * 1e3, 3),
         "torchvision_images_per_s": round(batch_size / tm * 1e3, 3),
@@ -336,6 +356,9 @@ def main() -> None:
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--modes", default="train,infer")
+  parser.add_argument("--model_set", action="append", default=[],
+                      help="jaxvision config.model override section.key=JSON (repeatable), e.g. "
+                           "roi_heads.row_buckets=1")
   parser.add_argument("--list", action="store_true")
   args = parser.parse_args()
   if args.batch < 2:
@@ -349,7 +372,8 @@ def main() -> None:
     if name not in PAIRS:
       parser.error(f"unknown pair {name!r}; --list shows the pairs")
     for result in run_pair(PAIRS[name], batch_size=args.batch, size=args.size,
-                           repeats=args.repeats, modes=tuple(args.modes.split(","))):
+                           repeats=args.repeats, modes=tuple(args.modes.split(",")),
+                           model_set=tuple(args.model_set)):
       _common.emit(result)
 
 
