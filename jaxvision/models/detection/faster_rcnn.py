@@ -124,15 +124,8 @@ class FasterRCNN(nn.Module):
     At inference computed on the leading rows that hold every valid RoI (``roi_config.row_buckets``,
     ``roi_heads.switch_on_rows``); rows past them are zeros. In training on all ``S`` rows (see
     ``switch_on_rows`` for why). ``axis_name``: the caller's data-parallel axis, if any."""
-    s = rois.shape[1]
-
-    def head(mdl, n, feats, r, rv):
-      out = mdl.box_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size, train=train)
-      return tuple(heads.pad_rows(o, s) for o in out)
-
-    return heads.switch_on_rows(self, head, rois_valid, features, rois, rois_valid,
-                                buckets=1 if train else self.roi_config.row_buckets,
-                                axis_name=axis_name)
+    return heads.bucketed_box_outputs(self, features, rois, rois_valid, image_size=image_size,
+                                      train=train, axis_name=axis_name)
 
   def box_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size,
                   train: bool = False):

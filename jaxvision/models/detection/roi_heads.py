@@ -61,7 +61,7 @@ __all__ = [
     "POOLERS", "RoIHeadsConfig", "TwoMLPHead", "ConvBoxHead", "Res5Head", "FastRCNNPredictor",
     "Detections", "feature_scale", "pool_rois", "sample_training_rois", "box_head_targets",
     "box_head_loss", "postprocess_detections", "flatten_rois", "row_buckets", "switch_on_rows",
-    "pad_rows",
+    "pad_rows", "bucketed_box_outputs",
 ]
 
 POOLERS = ("align", "pool")
@@ -313,6 +313,22 @@ def switch_on_rows(module: nn.Module, fn, rows_valid, *operands, buckets: int,
   index = sum((last <= n).astype(jnp.int32) for n in sizes[1:])  # sizes are descending
   branches = [lambda mdl, *ops, n=n: fn(mdl, n, *ops) for n in sizes]
   return nn.switch(index, branches, module, *operands)
+
+
+def bucketed_box_outputs(module: nn.Module, features, rois, rois_valid, *, image_size,
+                         train: bool, axis_name: str | None = None):
+  """``module.box_outputs(features, rois, rois_valid, ...)`` (``[B, S, ...]`` outputs), at inference
+  on the smallest row bucket holding every valid RoI (``switch_on_rows``), the rows past it zeros;
+  in training on all ``S`` rows. The ``roi_heads`` method of the two-stage detectors."""
+  s = rois.shape[1]
+
+  def head(mdl, n, feats, r, rv):
+    out = mdl.box_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size, train=train)
+    return tuple(pad_rows(o, s) for o in out)
+
+  return switch_on_rows(module, head, rois_valid, features, rois, rois_valid,
+                        buckets=1 if train else module.roi_config.row_buckets,
+                        axis_name=axis_name)
 
 
 def pad_rows(x, rows: int, axis: int = 1):

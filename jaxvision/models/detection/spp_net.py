@@ -111,15 +111,8 @@ class SPPNet(nn.Module):
                 axis_name: str | None = None):
     """``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])`` of ``[B, S, 4]`` RoIs; at inference
     on the leading rows that hold every valid RoI (as ``FasterRCNN.roi_heads``)."""
-    s = rois.shape[1]
-
-    def head(mdl, n, feats, r, rv):
-      out = mdl.box_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size, train=train)
-      return tuple(heads.pad_rows(o, s) for o in out)
-
-    return heads.switch_on_rows(self, head, rois_valid, features, rois, rois_valid,
-                                buckets=1 if train else self.roi_config.row_buckets,
-                                axis_name=axis_name)
+    return heads.bucketed_box_outputs(self, features, rois, rois_valid, image_size=image_size,
+                                      train=train, axis_name=axis_name)
 
   def box_outputs(self, features, rois, rois_valid, *, image_size, train: bool = False):
     """``roi_heads`` on all ``S`` rows: pyramid pooling, box head, predictor."""
