@@ -17,8 +17,9 @@ products when the kernel is a multiple of the stride with ``"VALID"`` padding (U
 up-convolution, Mask R-CNN's ``conv5_mask``, FCN's ``2f x 2f`` upsampling): XLA:CPU lowers the
 gradient of ``lax.conv_transpose`` (an input-dilated convolution) to a slow generic loop, while a
 product and a depth-to-space reshape are fast both ways. On a 2-core CPU the product form's
-forward + backward was 6-30x faster at U-Net and Mask R-CNN sizes (5868 -> 180 ms for 64 RoIs of
-14 x 14 x 256, measured 2026-11-22), with the same values to float32 rounding.
+forward + backward was 10-15x faster at U-Net's sizes and 36x for Mask R-CNN's (5812 -> 160 ms for
+64 RoIs of 14 x 14 x 256), 2.9x for an FCN 2x upsampling (``benchmarks/conv_transpose.py``,
+2026-11-22), with the same values to float32 rounding.
 """
 
 from __future__ import annotations
