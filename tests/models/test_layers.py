@@ -1,4 +1,4 @@
-"""``jaxvision.models.layers.ConvTranspose``: the product form equals ``flax.linen.ConvTranspose``."""
+"""``jaxvision.models.layers``: ConvTranspose and AtrousConv equal their ``flax.linen`` originals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision.models.layers import ConvTranspose
+from jaxvision.models.layers import AtrousConv, ConvTranspose
 
 
 @pytest.mark.parametrize("kernel, strides, transpose_kernel, use_bias", [
@@ -53,3 +53,25 @@ def test_conv_transpose_takes_the_product_form_only_where_it_applies():
   assert ConvTranspose(5, (2, 2), strides=(2, 2), padding="SAME")._block_factors(x) is None
   assert ConvTranspose(5, (2, 2), strides=(2, 2), padding="VALID",
                        kernel_dilation=(2, 2))._block_factors(x) is None
+
+
+@pytest.mark.parametrize("rate, kept", [(1, None), (6, None), (12, (3, 1)), (16, (1, 1)),
+                                        (24, (1, 1))])
+def test_atrous_conv_equals_flax_and_skips_padding_only_taps(rate, kept):
+  # 16 x 12 map: rate 12 reaches past the width only, rate >= 16 past both axes.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 12, 8)), jnp.float32)
+  kw = dict(features=5, kernel_size=(3, 3), padding=((rate, rate), (rate, rate)),
+            kernel_dilation=(rate, rate))
+  ref, ours = nn.Conv(**kw), AtrousConv(**kw)
+  variables = jax.tree.map(lambda v: v + 0.1, ref.init(jax.random.PRNGKey(0), x))
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+      jnp.shape, variables)
+  taps = ours._kept_taps(x)
+  assert (taps is None if kept is None
+          else tuple(s.stop - s.start for s in taps) == kept)
+  np.testing.assert_allclose(np.asarray(ours.apply(variables, x)),
+                             np.asarray(ref.apply(variables, x)), rtol=1e-5, atol=1e-5)
+  g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(ref.apply(v, x))))(variables)
+  g = jax.grad(lambda v: jnp.sum(jnp.sin(ours.apply(v, x))))(variables)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models.layers.conv import ConvNormAct
+from jaxvision.models.layers.conv import AtrousConv, ConvNormAct
 from jaxvision.models.layers.norm import make_norm
 
 __all__ = ["ASPP"]
@@ -67,7 +67,9 @@ class ASPP(nn.Module):
     _, h, w, _ = x.shape
     branches = [unit((1, 1), padding="VALID", name="branch0")(x)]  # (B, H, W, F)
     for i, r in enumerate(self.rates, start=1):
-      dil_conv = functools.partial(conv, kernel_dilation=(int(r), int(r)))
+      # AtrousConv = nn.Conv minus the taps that can only read padding (rate >= map size).
+      dil_conv = functools.partial(AtrousConv, kernel_init=conv_init, dtype=self.dtype,
+                                   kernel_dilation=(int(r), int(r)))
       branches.append(ConvNormAct(self.features, (3, 3), padding=((r, r), (r, r)), conv=dil_conv,
                                   norm=norm, act=nn.relu, name=f"branch{i}")(x))  # (B, H, W, F)
     if self.image_pooling:

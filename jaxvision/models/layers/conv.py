@@ -27,9 +27,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-__all__ = ["ConvNormAct", "ConvTranspose", "ModuleDef"]
+__all__ = ["AtrousConv", "ConvNormAct", "ConvTranspose", "ModuleDef"]
 
 ModuleDef = Any  # a Module constructor, e.g. nn.Conv or functools.partial(nn.BatchNorm, ...)
 
@@ -142,4 +143,56 @@ class ConvTranspose(nn.ConvTranspose):
         part = jnp.pad(part, ((0, 0), (qy * sh, out_h - h * sh - qy * sh),
                               (qx * sw, out_w - wd * sw - qx * sw), (0, 0)))
         y = part if y is None else y + part
+    return y if bias is None else y + bias
+
+
+class AtrousConv(nn.Conv):
+  """``flax.linen.Conv`` that skips the taps of a dilated ("atrous") convolution which can only read
+  padding: same fields, parameters and outputs.
+
+  With an odd ``k x k`` kernel, stride 1, dilation ``r`` and the "same" padding ``r (k // 2)`` on each
+  side, an off-centre tap along an axis of size ``n`` lands ``>= r`` pixels away, outside the map
+  for every output position when ``r >= n``. DeepLab's ASPP hits this on small maps (rates 12 / 24 /
+  36 on the 16 x 16 map of a 128 px image at output stride 8; paper Fig. 4: the branch degenerates
+  to a 1x1 filter): the taps along such an axis are dropped from the computation (the kernel
+  parameter keeps its full shape), which XLA:CPU otherwise spends on a padded input up to
+  ``(n + 2 r)^2`` large. Any other configuration runs ``nn.Conv`` itself.
+  """
+
+  def _kept_taps(self, inputs):
+    """Per spatial axis: the slice of kernel taps to keep, or None to run ``nn.Conv`` as is."""
+    kernel, dilation = _int_pair(self.kernel_size, 1), _int_pair(self.kernel_dilation, 1)
+    if (inputs.ndim != 4 or len(kernel) != 2 or _int_pair(self.strides, 1) != (1, 1)
+        or self.feature_group_count != 1 or self.mask is not None or isinstance(self.padding, str)
+        or _int_pair(self.input_dilation, 1) != (1, 1)):
+      return None
+    try:
+      pads = [tuple(int(p) for p in pad) for pad in self.padding]
+    except TypeError:
+      return None
+    keep = []
+    for n, k, r, pad in zip(inputs.shape[1:3], kernel, dilation, pads):
+      if k % 2 != 1 or pad != (r * (k // 2),) * 2:
+        return None
+      keep.append(slice(k // 2, k // 2 + 1) if r >= n and k > 1 else slice(0, k))
+    return keep if any(s.stop - s.start == 1 for s, k in zip(keep, kernel) if k > 1) else None
+
+  @nn.compact
+  def __call__(self, inputs):
+    keep = self._kept_taps(inputs)
+    if keep is None:
+      return super().__call__(inputs)
+    kh, kw = _int_pair(self.kernel_size, 1)
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    kernel = kernel[keep[0], keep[1]]
+    dilation = _int_pair(self.kernel_dilation, 1)
+    pads = [(0, 0) if s.stop - s.start == 1 else (d * (k // 2),) * 2
+            for s, d, k in zip(keep, dilation, (kh, kw))]
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, rhs_dilation=dilation,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=self.precision)
     return y if bias is None else y + bias
