@@ -124,8 +124,8 @@ class FasterRCNN(nn.Module):
     At inference computed on the leading rows that hold every valid RoI (``roi_config.row_buckets``,
     ``roi_heads.switch_on_rows``); rows past them are zeros. In training on all ``S`` rows (see
     ``switch_on_rows`` for why). ``axis_name``: the caller's data-parallel axis, if any."""
-    return heads.bucketed_box_outputs(self, features, rois, rois_valid, image_size=image_size,
-                                      train=train, axis_name=axis_name)
+    return heads.bucketed_head(self, "box_outputs", features, rois, rois_valid, all_rows=train,
+                               axis_name=axis_name, image_size=image_size, train=train)
 
   def box_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size,
                   train: bool = False):

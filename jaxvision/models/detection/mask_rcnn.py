@@ -223,14 +223,8 @@ class MaskRCNN(frcnn.FasterRCNN):
     """Mask head on ``[B, S, 4]`` RoIs: ``[B, S, 28, 28, K (+1)]`` logits; at inference computed on
     the leading rows that hold every valid RoI (``roi_config.row_buckets``; zeros past them), in
     training (``train=True``) on all ``S``."""
-    s = rois.shape[1]
-
-    def head(mdl, n, feats, r, rv):
-      return heads.pad_rows(mdl.mask_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size), s)
-
-    return heads.switch_on_rows(self, head, rois_valid, features, rois, rois_valid,
-                                buckets=1 if train else self.roi_config.row_buckets,
-                                axis_name=axis_name)
+    return heads.bucketed_head(self, "mask_outputs", features, rois, rois_valid, all_rows=train,
+                               axis_name=axis_name, image_size=image_size)
 
   def mask_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size):
     """``mask_logits`` on all ``S`` rows (no buckets)."""

@@ -61,7 +61,7 @@ __all__ = [
     "POOLERS", "RoIHeadsConfig", "TwoMLPHead", "ConvBoxHead", "Res5Head", "FastRCNNPredictor",
     "Detections", "feature_scale", "pool_rois", "sample_training_rois", "box_head_targets",
     "box_head_loss", "postprocess_detections", "flatten_rois", "row_buckets", "switch_on_rows",
-    "pad_rows", "bucketed_box_outputs",
+    "pad_rows", "bucketed_head",
 ]
 
 POOLERS = ("align", "pool")
@@ -315,19 +315,20 @@ def switch_on_rows(module: nn.Module, fn, rows_valid, *operands, buckets: int,
   return nn.switch(index, branches, module, *operands)
 
 
-def bucketed_box_outputs(module: nn.Module, features, rois, rois_valid, *, image_size,
-                         train: bool, axis_name: str | None = None):
-  """``module.box_outputs(features, rois, rois_valid, ...)`` (``[B, S, ...]`` outputs), at inference
-  on the smallest row bucket holding every valid RoI (``switch_on_rows``), the rows past it zeros;
-  in training on all ``S`` rows. The ``roi_heads`` method of the two-stage detectors."""
+def bucketed_head(module: nn.Module, method: str, features, rois, rois_valid, *, all_rows: bool,
+                  axis_name: str | None = None, **kwargs):
+  """``getattr(module, method)(features, rois, rois_valid, **kwargs)`` (``[B, S, ...]`` outputs) on
+  the smallest row bucket holding every valid RoI (``switch_on_rows``), the rows past it zeros; on
+  all ``S`` rows when ``all_rows`` (training). The box head (``box_outputs``) and mask head
+  (``mask_outputs``) of the two-stage detectors."""
   s = rois.shape[1]
 
   def head(mdl, n, feats, r, rv):
-    out = mdl.box_outputs(feats, r[:, :n], rv[:, :n], image_size=image_size, train=train)
-    return tuple(pad_rows(o, s) for o in out)
+    out = getattr(mdl, method)(feats, r[:, :n], rv[:, :n], **kwargs)
+    return jax.tree.map(lambda o: pad_rows(o, s), out)
 
   return switch_on_rows(module, head, rois_valid, features, rois, rois_valid,
-                        buckets=1 if train else module.roi_config.row_buckets,
+                        buckets=1 if all_rows else module.roi_config.row_buckets,
                         axis_name=axis_name)
 
 

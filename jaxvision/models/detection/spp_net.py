@@ -111,8 +111,8 @@ class SPPNet(nn.Module):
                 axis_name: str | None = None):
     """``(class_logits [B, S, K + 1], box_deltas [B, S, K, 4])`` of ``[B, S, 4]`` RoIs; at inference
     on the leading rows that hold every valid RoI (as ``FasterRCNN.roi_heads``)."""
-    return heads.bucketed_box_outputs(self, features, rois, rois_valid, image_size=image_size,
-                                      train=train, axis_name=axis_name)
+    return heads.bucketed_head(self, "box_outputs", features, rois, rois_valid, all_rows=train,
+                               axis_name=axis_name, image_size=image_size, train=train)
 
   def box_outputs(self, features, rois, rois_valid, *, image_size, train: bool = False):
     """``roi_heads`` on all ``S`` rows: pyramid pooling, box head, predictor."""

@@ -76,19 +76,25 @@ class ConvNormAct(nn.Module):
     return x
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+def _pair(v: int | Sequence[int] | None, default: int | None = None) -> tuple[int, int]:
+  """``v`` as ``(h, w)`` ints; None gives ``(default, default)`` (Flax's "unset" strides/dilation)."""
+  if v is None and default is not None:
+    v = default
   if isinstance(v, int):
     return (v, v)
-  v = tuple(v)
+  v = tuple(int(u) for u in v)
   if len(v) != 2:
     raise ValueError(f"expected an int or a pair (h, w), got {v!r}.")
   return v
 
 
-def _int_pair(v, default: int):
-  if v is None:
-    return (default, default)
-  return (int(v), int(v)) if isinstance(v, int) else tuple(int(u) for u in v)
+def _kernel_and_bias(module, inputs, kernel_shape):
+  """The ``"kernel"`` / ``"bias"`` parameters ``nn.Conv`` / ``nn.ConvTranspose`` would create (same
+  names, shapes, initialisers), promoted with ``inputs`` to the compute dtype: ``(x, kernel, bias)``."""
+  kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
+  bias = (module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+          if module.use_bias else None)
+  return module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
 
 
 class ConvTranspose(nn.ConvTranspose):
@@ -109,10 +115,11 @@ class ConvTranspose(nn.ConvTranspose):
 
   def _block_factors(self, inputs):
     """``(m_h, m_w)`` when the product form applies, else None."""
-    kernel, strides = _int_pair(self.kernel_size, 1), _int_pair(self.strides, 1)
-    if (inputs.ndim != 4 or len(kernel) != 2 or len(strides) != 2
-        or not isinstance(self.padding, str) or self.padding.upper() != "VALID"
-        or _int_pair(self.kernel_dilation, 1) != (1, 1) or self.mask is not None
+    if inputs.ndim != 4:
+      return None
+    kernel, strides = _pair(self.kernel_size), _pair(self.strides, 1)
+    if (not isinstance(self.padding, str) or self.padding.upper() != "VALID"
+        or _pair(self.kernel_dilation, 1) != (1, 1) or self.mask is not None
         or self.preferred_element_type is not None
         or any(k % s for k, s in zip(kernel, strides))):
       return None
@@ -123,14 +130,11 @@ class ConvTranspose(nn.ConvTranspose):
     blocks = self._block_factors(inputs)
     if blocks is None:
       return super().__call__(inputs)
-    kh, kw = _int_pair(self.kernel_size, 1)
-    sh, sw = _int_pair(self.strides, 1)
+    kh, kw = _pair(self.kernel_size)
+    sh, sw = _pair(self.strides, 1)
     c = inputs.shape[-1]
     shape = (kh, kw, self.features, c) if self.transpose_kernel else (kh, kw, c, self.features)
-    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = _kernel_and_bias(self, inputs, shape)
     w = jnp.swapaxes(kernel, 2, 3) if self.transpose_kernel else kernel[::-1, ::-1]
     b, h, wd, _ = x.shape
     out_h, out_w = sh * (h - 1) + kh, sw * (wd - 1) + kw
@@ -161,10 +165,12 @@ class AtrousConv(nn.Conv):
 
   def _kept_taps(self, inputs):
     """Per spatial axis: the slice of kernel taps to keep, or None to run ``nn.Conv`` as is."""
-    kernel, dilation = _int_pair(self.kernel_size, 1), _int_pair(self.kernel_dilation, 1)
-    if (inputs.ndim != 4 or len(kernel) != 2 or _int_pair(self.strides, 1) != (1, 1)
-        or self.feature_group_count != 1 or self.mask is not None or isinstance(self.padding, str)
-        or _int_pair(self.input_dilation, 1) != (1, 1)):
+    if inputs.ndim != 4:
+      return None
+    kernel, dilation = _pair(self.kernel_size), _pair(self.kernel_dilation, 1)
+    if (_pair(self.strides, 1) != (1, 1) or self.feature_group_count != 1
+        or self.mask is not None or isinstance(self.padding, str)
+        or _pair(self.input_dilation, 1) != (1, 1)):
       return None
     try:
       pads = [tuple(int(p) for p in pad) for pad in self.padding]
@@ -182,14 +188,10 @@ class AtrousConv(nn.Conv):
     keep = self._kept_taps(inputs)
     if keep is None:
       return super().__call__(inputs)
-    kh, kw = _int_pair(self.kernel_size, 1)
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    kh, kw = _pair(self.kernel_size)
+    x, kernel, bias = _kernel_and_bias(self, inputs, (kh, kw, inputs.shape[-1], self.features))
     kernel = kernel[keep[0], keep[1]]
-    dilation = _int_pair(self.kernel_dilation, 1)
+    dilation = _pair(self.kernel_dilation, 1)
     pads = [(0, 0) if s.stop - s.start == 1 else (d * (k // 2),) * 2
             for s, d, k in zip(keep, dilation, (kh, kw))]
     y = jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, rhs_dilation=dilation,
