@@ -1,4 +1,5 @@
-"""``jaxvision.models.layers``: ConvTranspose and AtrousConv equal their ``flax.linen`` originals."""
+"""``jaxvision.models.layers``: Conv, ConvTranspose and AtrousConv equal their ``flax.linen``
+originals."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision.models.layers import AtrousConv, ConvTranspose
+from jaxvision.models.layers import AtrousConv, Conv, ConvTranspose
 
 
 @pytest.mark.parametrize("kernel, strides, transpose_kernel, use_bias", [
@@ -75,3 +76,49 @@ def test_atrous_conv_equals_flax_and_skips_padding_only_taps(rate, kept):
   g = jax.grad(lambda v: jnp.sum(jnp.sin(ours.apply(v, x))))(variables)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, strides, padding, use_bias, product", [
+    ((1, 1), (1, 1), ((0, 0), (0, 0)), False, True),  # ResNet's 1x1 convolutions
+    ((1, 1), (2, 2), ((0, 0), (0, 0)), False, True),  # ResNet's strided projection shortcut
+    ((1, 1), (1, 1), "SAME", True, True),             # heads' 1x1 classifiers
+    ((1, 1), (2, 1), "VALID", True, True),
+    ((1, 1), 1, 0, True, True),                       # ints
+    (1, 1, 0, True, False),                           # an int kernel: flax's 1-D convolution
+    ((1, 1), (1, 1), ((1, 1), (1, 1)), True, False),  # padded: nn.Conv itself
+    ((3, 3), (1, 1), "SAME", True, False),
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), False, False),
+])
+def test_conv_equals_flax_and_takes_the_product_form_for_1x1(kernel, strides, padding, use_bias,
+                                                              product):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 6, 5)), jnp.float32)
+  kw = dict(features=4, kernel_size=kernel, strides=strides, padding=padding, use_bias=use_bias)
+  ref, ours = nn.Conv(**kw), Conv(**kw)
+  assert (ours._pointwise_strides(x) is not None) == product
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  mine = ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same initialisation
+  variables = jax.tree.map(lambda v: v + 0.1, variables)
+  y_ref, y = ref.apply(variables, x), ours.apply(variables, x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
+  g = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_keeps_flax_auto_names():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return Conv(3, (1, 1))(nn.Conv(3, (3, 3))(x))
+
+  params = Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 2)))["params"]
+  assert set(params) == {"Conv_0", "Conv_1"}

@@ -57,6 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvision.models.layers.conv import Conv
 from jaxvision.models.layers.norm import NORMS, make_norm
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "RESNET_STAGES", "resnet_dilations",
@@ -78,7 +79,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def _conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, name: str,
           dtype: Any):
   pad = dilation * (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+  return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                  kernel_dilation=(dilation, dilation), use_bias=False, kernel_init=conv_init,
                  dtype=dtype, name=name)
 

@@ -51,6 +51,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxvision.models.layers.conv import Conv
 from jaxvision.models.layers.norm import make_norm
 
 __all__ = ["VGG16", "VGG16_BLOCKS", "POOL_NAMES", "vgg_pool_size"]
@@ -174,7 +175,7 @@ class VGG16(nn.Module):
     ceil_pools = _ceil_pools(self.ceil_mode)
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype)
     feats = {}
     for b, block in enumerate(VGG16_BLOCKS, start=1):
       for k, c in enumerate(block, start=1):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.models.family import Family
-from jaxvision.models.layers import ConvNormAct
+from jaxvision.models.layers import Conv, ConvNormAct
 from jaxvision.ops import boxes as box_ops
 from jaxvision.ops import nms as nms_ops
 from jaxvision.ops._checks import check_array, check_positive_int
@@ -224,7 +224,7 @@ class TinyBackbone(nn.Module):
       raise ValueError(f"TinyBackbone.act must be one of {sorted(_ACTIVATIONS)}, got {self.act!r}.")
     if self.depth < 1:
       raise ValueError(f"TinyBackbone.depth must be >= 1, got {self.depth!r}.")
-    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    conv = functools.partial(Conv, dtype=self.dtype)
     norm = None
     if self.norm == "batch":
       norm = functools.partial(nn.BatchNorm, use_running_average=not train,

@@ -69,6 +69,7 @@ from jaxvision.models.detection.retinanet import (HEAD_NORMS, HeadTower, apply_m
                                                   level_stride, prior_bias, psum_if, with_defaults,
                                                   as_dtype)
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import Conv
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes as box_ops
 
@@ -127,7 +128,7 @@ class FCOSHead(nn.Module):
     tower = functools.partial(HeadTower, self.features, self.num_convs, self.norm, self.dtype,
                               self.norm_epsilon)
     cls_tower, reg_tower = tower(name="cls_tower"), tower(name="reg_tower")
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=head_kernel_init,
+    conv = functools.partial(Conv, kernel_size=(3, 3), kernel_init=head_kernel_init,
                              dtype=self.dtype)
     prior = nn.initializers.constant(prior_bias(self.prior_prob))
     cls_out = conv(self.num_classes, bias_init=prior, name="cls_logits")

@@ -63,7 +63,7 @@ from jaxvision.losses import binary_mask_loss
 from jaxvision.models.detection import faster_rcnn as frcnn
 from jaxvision.models.detection import roi_heads as heads
 from jaxvision.models.family import Family
-from jaxvision.models.layers.conv import ConvTranspose
+from jaxvision.models.layers.conv import Conv, ConvTranspose
 from jaxvision.ops import masks as mask_ops
 from jaxvision.ops import roi as roi_ops
 
@@ -168,11 +168,11 @@ class MaskRCNNHead(nn.Module):
   def __call__(self, x):
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     for i in range(self.num_convs):
-      x = nn.relu(nn.Conv(self.conv_features, (3, 3), padding="SAME", kernel_init=init,
+      x = nn.relu(Conv(self.conv_features, (3, 3), padding="SAME", kernel_init=init,
                           dtype=self.dtype, name=f"mask_fcn{i + 1}")(x))  # (N, 14, 14, F)
     x = nn.relu(ConvTranspose(self.conv_features, (2, 2), strides=(2, 2), padding="VALID",
                                  kernel_init=init, dtype=self.dtype, name="conv5_mask")(x))
-    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=init, dtype=self.dtype,
+    x = Conv(self.num_outputs, (1, 1), kernel_init=init, dtype=self.dtype,
                 name="mask_fcn_logits")(x)  # (N, 28, 28, K)
     return x.astype(jnp.float32)
 

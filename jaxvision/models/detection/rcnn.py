@@ -58,6 +58,7 @@ from jaxvision.models.detection import roi_heads as heads
 from jaxvision.models.detection.fast_rcnn import clean_proposals
 from jaxvision.models.detection.sliding_window import detections_from_scores
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import Conv
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes as box_ops
 from jaxvision.ops import roi as roi_ops
@@ -139,7 +140,7 @@ class RCNN(nn.Module):
     k = self.num_classes
     x = crops.astype(self.dtype)
     for i, f in enumerate(self.features):
-      x = nn.relu(nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i + 1}")(x))
+      x = nn.relu(Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i + 1}")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     pool5 = x.reshape(x.shape[0], -1)  # (N, s s C) the paper's pool5
     x = pool5

@@ -75,7 +75,7 @@ import jax.numpy as jnp
 from jaxvision.losses import sigmoid_focal_loss, smooth_l1_loss
 from jaxvision.models.detection import dense_common
 from jaxvision.models.family import Family
-from jaxvision.models.layers import ConvNormAct
+from jaxvision.models.layers import Conv, ConvNormAct
 from jaxvision.ops import anchors as anchor_ops
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes as box_ops
@@ -166,7 +166,7 @@ class HeadTower(nn.Module):
   def __call__(self, x):
     if self.norm not in HEAD_NORMS:
       raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {self.norm!r}.")
-    conv = functools.partial(nn.Conv, kernel_init=head_kernel_init,
+    conv = functools.partial(Conv, kernel_init=head_kernel_init,
                              bias_init=nn.initializers.zeros, dtype=self.dtype)
     norm = (_group_norm(self.features, self.dtype, self.norm_epsilon) if self.norm == "group"
             else None)
@@ -195,10 +195,10 @@ class RetinaNetHead(nn.Module):
     k, a = self.num_classes, self.num_anchors
     tower = functools.partial(HeadTower, self.features, self.num_convs, self.norm, self.dtype)
     cls_tower, box_tower = tower(name="cls_subnet"), tower(name="box_subnet")
-    cls_out = nn.Conv(a * k, (3, 3), kernel_init=head_kernel_init,
+    cls_out = Conv(a * k, (3, 3), kernel_init=head_kernel_init,
                       bias_init=nn.initializers.constant(prior_bias(self.prior_prob)),
                       dtype=self.dtype, name="cls_logits")
-    box_out = nn.Conv(a * 4, (3, 3), kernel_init=head_kernel_init,
+    box_out = Conv(a * 4, (3, 3), kernel_init=head_kernel_init,
                       bias_init=nn.initializers.zeros, dtype=self.dtype, name="bbox_deltas")
     out = {}
     for name in level_names(features):  # the same modules (weights) on every level

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.losses import smooth_l1_loss
+from jaxvision.models.layers.conv import Conv
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes as box_ops
 from jaxvision.ops import nms as nms_ops
@@ -174,7 +175,7 @@ class ConvBoxHead(nn.Module):
   def __call__(self, x, train: bool = False):
     del train
     for i in range(self.num_convs):
-      x = nn.relu(nn.Conv(self.conv_features, (3, 3), padding="SAME", dtype=self.dtype,
+      x = nn.relu(Conv(self.conv_features, (3, 3), padding="SAME", dtype=self.dtype,
                           name=f"conv{i}")(x))  # (N, h, w, F)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.representation_size, dtype=self.dtype, name="fc")(x))

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.losses import smooth_l1_loss
+from jaxvision.models.layers.conv import Conv
 from jaxvision.ops import anchors as anchor_ops
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes as box_ops
@@ -274,7 +275,7 @@ class RPNHead(nn.Module):
 def _conv_factory(dtype, init):
   """``nn.Conv`` with the head's dtype and N(0, 0.01^2) weights, zero bias."""
   def make(features, kernel, name):
-    return nn.Conv(features, kernel, padding="SAME", dtype=dtype, kernel_init=init,
+    return Conv(features, kernel, padding="SAME", dtype=dtype, kernel_init=init,
                    bias_init=nn.initializers.zeros, name=name)
   return make
 

@@ -52,6 +52,7 @@ import numpy as np
 from jaxvision.losses import smooth_l1_loss
 from jaxvision.models.detection import faster_rcnn as frcnn
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import Conv
 from jaxvision.ops import box_coder
 from jaxvision.ops import boxes as box_ops
 from jaxvision.ops import nms as nms_ops
@@ -156,7 +157,7 @@ class WindowClassifier(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.convs = [nn.Conv(f, (3, 3), padding="VALID", dtype=self.dtype, name=f"conv{i}")
+    self.convs = [Conv(f, (3, 3), padding="VALID", dtype=self.dtype, name=f"conv{i}")
                   for i, f in enumerate(self.features)]
     c, k = self.features[-1], self.fc_size
     self.fc1_kernel = self.param("fc1_kernel", nn.initializers.lecun_normal(),

@@ -46,7 +46,7 @@ import numpy as np
 from jaxvision.losses import multibox
 from jaxvision.models.detection import dense_common
 from jaxvision.models.family import Family
-from jaxvision.models.layers import ConvNormAct
+from jaxvision.models.layers import Conv, ConvNormAct
 from jaxvision.ops import anchors as anchor_ops
 from jaxvision.ops import box_coder
 
@@ -138,7 +138,7 @@ class SSD(nn.Module):
     if self.norm == "batch":
       norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    conv = functools.partial(Conv, dtype=self.dtype)
     x = feats[self.feature_sources[-1]]
     for i, (c1, c3, stride, pad) in enumerate(self.extra_layers):
       x = ConvNormAct(c1, (1, 1), conv=conv, norm=norm, name=f"extra{i + 1}_1")(x)
@@ -153,8 +153,8 @@ class SSD(nn.Module):
     cls, box = [], []
     for i, (x, a) in enumerate(zip(sources, self.boxes_per_location)):
       b, h, w, _ = x.shape
-      c = nn.Conv(a * k1, (3, 3), dtype=self.dtype, name=f"cls_head{i + 1}")(x)
-      d = nn.Conv(a * 4, (3, 3), dtype=self.dtype, name=f"box_head{i + 1}")(x)
+      c = Conv(a * k1, (3, 3), dtype=self.dtype, name=f"cls_head{i + 1}")(x)
+      d = Conv(a * 4, (3, 3), dtype=self.dtype, name=f"box_head{i + 1}")(x)
       cls.append(c.reshape(b, h, w, a, k1).astype(jnp.float32))  # (B, H_k, W_k, A_k, K + 1)
       box.append(d.reshape(b, h, w, a, 4).astype(jnp.float32))  # (B, H_k, W_k, A_k, 4)
     return {"cls_logits": tuple(cls), "box_deltas": tuple(box)}

@@ -60,7 +60,7 @@ import numpy as np
 from jaxvision.losses import yolo as yolo_loss
 from jaxvision.models.detection import dense_common
 from jaxvision.models.family import Family
-from jaxvision.models.layers import ConvNormAct
+from jaxvision.models.layers import Conv, ConvNormAct
 from jaxvision.ops import box_coder
 
 __all__ = [
@@ -134,7 +134,7 @@ class ConvStack(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     norm, act = _norm_and_act(train, self.norm, self.axis_name, self.act, self.dtype)
-    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    conv = functools.partial(Conv, dtype=self.dtype)
     taps, n = {}, 0
     for layer in self.layers:
       if layer[0] == "C":
@@ -211,9 +211,9 @@ class YOLOv1(nn.Module):
       pred = x.reshape(b, s, s, out_ch)
     elif self.head == "conv":
       norm, act = _norm_and_act(train, self.norm, self.axis_name, "leaky_relu", self.dtype)
-      x = ConvNormAct(self.hidden, (3, 3), conv=functools.partial(nn.Conv, dtype=self.dtype),
+      x = ConvNormAct(self.hidden, (3, 3), conv=functools.partial(Conv, dtype=self.dtype),
                       norm=norm, act=act, name="head_conv")(x)
-      pred = nn.Conv(out_ch, (1, 1), dtype=self.dtype, name="head_out")(x)  # (B, h, w, 5B + C)
+      pred = Conv(out_ch, (1, 1), dtype=self.dtype, name="head_out")(x)  # (B, h, w, 5B + C)
       if self.grid_size is not None and pred.shape[1:3] != (self.grid_size, self.grid_size):
         raise ValueError(f"YOLOv1 head='conv' makes S the feature map size {pred.shape[1:3]}, but "
                          f"grid_size={self.grid_size}; set grid_size=None or change the input.")
@@ -253,7 +253,7 @@ class YOLOv2(nn.Module):
                            "leaky_relu", self.axis_name, self.dtype, ("features", "fine"))
     feats = net(images, train=train)
     norm, act = _norm_and_act(train, self.norm, self.axis_name, "leaky_relu", self.dtype)
-    unit = functools.partial(ConvNormAct, conv=functools.partial(nn.Conv, dtype=self.dtype),
+    unit = functools.partial(ConvNormAct, conv=functools.partial(Conv, dtype=self.dtype),
                              norm=norm, act=act)
     x = feats[names["features"]]  # (B, S, S, F)
     x = unit(self.head_width, (3, 3), name="head_conv1")(x)
@@ -262,7 +262,7 @@ class YOLOv2(nn.Module):
       fine = unit(self.passthrough_width, (1, 1), name="passthrough")(feats[names["fine"]])
       x = jnp.concatenate([space_to_depth(fine, 2), x], axis=-1)  # (B, S, S, 4 P + head_width)
     x = unit(self.head_width, (3, 3), name="head_conv3")(x)
-    out = nn.Conv(self.num_priors * (5 + self.num_classes), (1, 1), dtype=self.dtype,
+    out = Conv(self.num_priors * (5 + self.num_classes), (1, 1), dtype=self.dtype,
                   name="head_out")(x)  # (B, S, S, A (5 + C))
     b, s_h, s_w, _ = out.shape
     return {"pred": out.reshape(b, s_h, s_w, self.num_priors, 5 + self.num_classes)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models.layers.conv import AtrousConv, ConvNormAct
+from jaxvision.models.layers.conv import AtrousConv, Conv, ConvNormAct
 from jaxvision.models.layers.norm import make_norm
 
 __all__ = ["ASPP"]
@@ -62,7 +62,7 @@ class ASPP(nn.Module):
     if any(int(r) < 1 for r in self.rates):
       raise ValueError(f"ASPP rates must be positive ints, got {tuple(self.rates)}.")
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype)
     unit = functools.partial(ConvNormAct, self.features, conv=conv, norm=norm, act=nn.relu)
     _, h, w, _ = x.shape
     branches = [unit((1, 1), padding="VALID", name="branch0")(x)]  # (B, H, W, F)

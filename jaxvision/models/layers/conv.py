@@ -18,8 +18,12 @@ up-convolution, Mask R-CNN's ``conv5_mask``, FCN's ``2f x 2f`` upsampling): XLA:
 gradient of ``lax.conv_transpose`` (an input-dilated convolution) to a slow generic loop, while a
 product and a depth-to-space reshape are fast both ways. On a 2-core CPU the product form's
 forward + backward was 10-15x faster at U-Net's sizes and 36x for Mask R-CNN's (5812 -> 160 ms for
-64 RoIs of 14 x 14 x 256), 2.9x for an FCN 2x upsampling (``benchmarks/conv_transpose.py``,
+64 RoIs of 14 x 14 x 256), 2.9x for an FCN 2x upsampling (``benchmarks/conv_layers.py``,
 2026-11-22), with the same values to float32 rounding.
+
+``Conv`` is ``nn.Conv`` with ``1 x 1`` kernels computed as one matrix product (XLA:CPU's 1x1
+convolutions, and their kernel gradients above all, are slower than its matrix products); every
+backbone, neck and head of the library uses it in place of ``nn.Conv``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["AtrousConv", "ConvNormAct", "ConvTranspose", "ModuleDef"]
+__all__ = ["AtrousConv", "Conv", "ConvNormAct", "ConvTranspose", "ModuleDef"]
 
 ModuleDef = Any  # a Module constructor, e.g. nn.Conv or functools.partial(nn.BatchNorm, ...)
 
@@ -95,6 +99,55 @@ def _kernel_and_bias(module, inputs, kernel_shape):
   bias = (module.param("bias", module.bias_init, (module.features,), module.param_dtype)
           if module.use_bias else None)
   return module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+
+
+class Conv(nn.Conv):
+  """``flax.linen.Conv`` that computes ``1 x 1`` convolutions as matrix products: same fields,
+  parameters (``kernel`` ``[1, 1, C, F]``, ``bias``) and outputs.
+
+  A ``1 x 1`` convolution of stride ``s`` with no padding is ``x[:, ::s, ::s] @ W``. XLA:CPU runs
+  it, and above all its kernel gradient, as a generic convolution: on a 2-core CPU the product's
+  forward + backward was 1.25-4.4x faster at ResNet-50's 1x1 shapes (e.g. ``[2, 128, 128, 256] ->
+  64``: 189 -> 43 ms; ``benchmarks/conv_layers.py``, 2026-11-22). Other configurations (larger kernels,
+  padding, groups, masks, input dilation, 1-D/3-D inputs) run ``nn.Conv`` itself. The auto-name of
+  an unnamed instance is ``Conv_<i>`` as for ``nn.Conv``, so parameter trees are unchanged.
+  """
+
+  def _pointwise_strides(self, inputs):
+    """``(s_h, s_w)`` when the product form applies, else None."""
+    # An int kernel_size is a 1-D convolution in flax.
+    if (inputs.ndim != 4 or isinstance(self.kernel_size, int)
+        or tuple(self.kernel_size) != (1, 1)):
+      return None
+    if (self.feature_group_count != 1 or self.mask is not None
+        or _pair(self.input_dilation, 1) != (1, 1)):
+      return None
+    pad = self.padding
+    if isinstance(pad, str):
+      if pad.upper() not in ("SAME", "VALID"):  # a 1x1 kernel needs no "SAME" padding
+        return None
+    elif isinstance(pad, int):
+      if pad != 0:
+        return None
+    else:
+      try:
+        if any(int(p) != 0 for side in pad for p in (side if isinstance(side, (tuple, list))
+                                                          else (side,))):
+          return None
+      except TypeError:
+        return None
+    return _pair(self.strides, 1)
+
+  @nn.compact
+  def __call__(self, inputs):
+    strides = self._pointwise_strides(inputs)
+    if strides is None:
+      return super().__call__(inputs)
+    x, kernel, bias = _kernel_and_bias(self, inputs, (1, 1, inputs.shape[-1], self.features))
+    if strides != (1, 1):
+      x = x[:, ::strides[0], ::strides[1]]
+    y = jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0], precision=self.precision)
+    return y if bias is None else y + bias
 
 
 class ConvTranspose(nn.ConvTranspose):

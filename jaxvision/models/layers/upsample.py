@@ -31,7 +31,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models.layers.conv import ConvTranspose, ModuleDef
+from jaxvision.models.layers.conv import Conv, ConvTranspose, ModuleDef
 from jaxvision.ops.unpool import (bed_of_nails_unpool, max_pool_with_argmax, max_unpool,
                                   nearest_unpool, pixel_shuffle, resize_bilinear, resize_nearest)
 
@@ -100,7 +100,7 @@ class Upsample2x(nn.Module):
   method: str = "nearest"
   features: int | None = None
   kernel_size: int = 2
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   conv_transpose: ModuleDef = ConvTranspose
 
   @nn.compact

@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models.layers.conv import ConvNormAct
+from jaxvision.models.layers.conv import Conv, ConvNormAct
 from jaxvision.models.layers.norm import make_norm
 from jaxvision.ops.unpool import resize_nearest
 
@@ -123,7 +123,7 @@ class FPN(nn.Module):
                                dtype=self.dtype)
     else:
       norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, kernel_init=fpn_init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=fpn_init, dtype=self.dtype)
     unit = functools.partial(ConvNormAct, self.features, conv=conv, norm=norm, act=None)
 
     laterals = [unit((1, 1), padding="VALID", name=f"lateral_{n}")(feats[n]) for n in self.in_levels]

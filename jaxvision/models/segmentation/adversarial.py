@@ -62,6 +62,7 @@ import optax
 from jaxvision.losses import (cross_entropy_normalizer, discriminator_loss,
                               generator_adversarial_loss, softmax_cross_entropy)
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import Conv
 from jaxvision.models.segmentation._common import as_dict
 from jaxvision.models.segmentation.unet import IGNORE_LABEL, UNet
 
@@ -95,15 +96,15 @@ class Discriminator(nn.Module):
     act = lambda x: nn.leaky_relu(x, 0.2)  # noqa: E731
     f = self.features
     if self.encoding == "basic":
-      xi = act(nn.Conv(f, (5, 5), name="image_conv")(image))  # (B, H, W, F)
-      xl = act(nn.Conv(f, (5, 5), name="label_conv")(label_map))  # (B, H, W, F)
+      xi = act(Conv(f, (5, 5), name="image_conv")(image))  # (B, H, W, F)
+      xl = act(Conv(f, (5, 5), name="label_conv")(label_map))  # (B, H, W, F)
       x = jnp.concatenate([xi, xl], -1)  # (B, H, W, 2F)
     else:
       b, h, w, c = label_map.shape
       prod = (image[..., None, :] * label_map[..., :, None]).reshape(b, h, w, c * 3)  # (B,H,W,3C)
-      x = act(nn.Conv(2 * f, (5, 5), name="product_conv")(prod))  # (B, H, W, 2F)
+      x = act(Conv(2 * f, (5, 5), name="product_conv")(prod))  # (B, H, W, 2F)
     for i in range(self.num_stages):
-      x = act(nn.Conv(f * 2**(i + 1), (3, 3), strides=(2, 2), name=f"stage{i}")(x))
+      x = act(Conv(f * 2**(i + 1), (3, 3), strides=(2, 2), name=f"stage{i}")(x))
     x = jnp.mean(x, axis=(1, 2))  # (B, F 2^S) global average pooling
     return nn.Dense(1, name="logit")(x)[:, 0].astype(jnp.float32)  # (B,)
 

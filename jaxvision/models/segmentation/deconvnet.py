@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxvision.models.family import Family, segmentation_family
-from jaxvision.models.layers.conv import ConvNormAct, ConvTranspose
+from jaxvision.models.layers.conv import Conv, ConvNormAct, ConvTranspose
 from jaxvision.models.layers.upsample import (UPSAMPLE_METHODS, Upsample2x, max_pool_2x2,
                                               max_pool_2x2_with_argmax)
 from jaxvision.models.layers.norm import make_norm
@@ -118,7 +118,7 @@ class DeconvNet(nn.Module):
             f"{_pooled(size, len(depths))} after {len(depths)} stages, smaller than fc_kernel={k}; "
             f"the input must be >= {min_size} (deconvnet_min_input_size), or lower fc_kernel.")
 
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=he_init)
+    conv = functools.partial(Conv, dtype=self.dtype, kernel_init=he_init)
     conv_t = functools.partial(ConvTranspose, dtype=self.dtype, kernel_init=he_init)
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jaxvision.models.backbones import ResNet, make_backbone
 from jaxvision.models.family import Family
 from jaxvision.models.layers.aspp import ASPP
-from jaxvision.models.layers.conv import ConvNormAct
+from jaxvision.models.layers.conv import Conv, ConvNormAct
 from jaxvision.models.layers.norm import make_norm
 from jaxvision.models.segmentation._common import as_dict, check_keys, pixel_softmax_family
 from jaxvision.ops import crf as crf_ops
@@ -113,7 +113,7 @@ class DeepLab(nn.Module):
     dropout = self.dropout_rate if self.dropout_rate is not None else (
         {"torchvision": 0.5, "fcn": 0.1}.get(self.head, 0.0))
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype)
     if self.head == "fcn":
       c5 = feats["C5"]
       y = ConvNormAct(max(c5.shape[-1] // 4, 1), (3, 3), padding=((1, 1), (1, 1)), conv=conv,
@@ -126,7 +126,7 @@ class DeepLab(nn.Module):
     if self.head == "torchvision":
       y = ConvNormAct(self.aspp_features, (3, 3), padding=((1, 1), (1, 1)), conv=conv, norm=norm,
                       name="head_conv")(y)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)  # (B, h, w, C)
+    logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)  # (B, h, w, C)
     out = {"logits": resize_bilinear(logits.astype(jnp.float32), (height, width),
                                      align_corners=False)}  # (B, H, W, C)
     if self.aux:
@@ -134,7 +134,7 @@ class DeepLab(nn.Module):
       a = ConvNormAct(max(c4.shape[-1] // 4, 1), (3, 3), padding=((1, 1), (1, 1)), conv=conv,
                       norm=norm, name="aux_conv")(c4)
       a = nn.Dropout(0.1, deterministic=not train)(a)
-      a = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="aux_classifier")(a)
+      a = Conv(self.num_classes, (1, 1), dtype=self.dtype, name="aux_classifier")(a)
       out["aux"] = resize_bilinear(a.astype(jnp.float32), (height, width), align_corners=False)
     return out
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import Conv
 from jaxvision.models.layers.norm import make_norm
 from jaxvision.models.segmentation._common import as_dict, check_keys, pixel_softmax_family
 from jaxvision.ops.unpool import resize_bilinear
@@ -90,7 +91,7 @@ class FrontEnd(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"FrontEnd expects NHWC images [B, H, W, C], got shape {tuple(x.shape)}.")
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype)
 
     def conv_relu(x, features, kernel, dilation, name):
       pad = dilation * (kernel - 1) // 2
@@ -112,7 +113,7 @@ class FrontEnd(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)(x)
     x = conv_relu(x, self.fc_features, 1, 1, "fc7")
     x = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)(x)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="final")(x)  # (B, H/8, W/8, C)
+    return Conv(self.num_classes, (1, 1), dtype=self.dtype, name="final")(x)  # (B, H/8, W/8, C)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,12 +178,12 @@ class ContextModule(nn.Module):
     for i, (d, m) in enumerate(zip(self.dilations, mults), start=1):
       noise = self.init_noise if (x.shape[-1] != c * m) else 0.0
       kinit = identity_init(c, noise) if self.initialization == "identity" else conv_init
-      x = nn.Conv(c * m, (3, 3), kernel_dilation=(d, d), padding=((d, d), (d, d)),
+      x = Conv(c * m, (3, 3), kernel_dilation=(d, d), padding=((d, d), (d, d)),
                   kernel_init=kinit, dtype=self.dtype, name=f"ctx_conv{i}")(x)
       x = nn.relu(x)  # (B, h, w, c m)
     noise = self.init_noise if x.shape[-1] != c else 0.0
     kinit = identity_init(c, noise) if self.initialization == "identity" else conv_init
-    return nn.Conv(c, (1, 1), kernel_init=kinit, dtype=self.dtype,
+    return Conv(c, (1, 1), kernel_init=kinit, dtype=self.dtype,
                    name=f"ctx_conv{len(self.dilations) + 1}")(x)  # (B, h, w, C)
 
 

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 
 from jaxvision.models.backbones.vgg import VGG16
 from jaxvision.models.family import Family
-from jaxvision.models.layers.conv import ConvTranspose
+from jaxvision.models.layers.conv import Conv, ConvTranspose
 from jaxvision.models.segmentation._common import (as_dict, check_keys,
                                                    pixel_softmax_family)
 from jaxvision.ops.unpool import bilinear_kernel
@@ -206,7 +206,7 @@ class FCN(nn.Module):
     _, height, width, _ = x.shape
     feats = self.backbone(x, train=train)
     c = self.num_classes
-    score = nn.Conv(c, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
+    score = Conv(c, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
                     name="score_fr")(feats["fc7"])  # (B, h32, w32, C)
     upsample = _Upsample if self.learn_upsampling else _FixedUpsample
     for skip, up_name in zip(_skips(self.variant), ("upscore2", "upscore_pool4")):
@@ -214,7 +214,7 @@ class FCN(nn.Module):
       s = feats[skip]
       if self.at_once:
         s = s * AT_ONCE_SCALES[skip]
-      s = nn.Conv(c, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
+      s = Conv(c, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
                   name=f"score_{skip}")(s)  # (B, h_skip, w_skip, C)
       up = up[:, offsets[up_name]:, offsets[up_name]:]
       s = s[:, offsets[f"score_{skip}"]:, offsets[f"score_{skip}"]:]

@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxvision.models.family import Family, segmentation_family
-from jaxvision.models.layers.conv import ConvTranspose, ModuleDef
+from jaxvision.models.layers.conv import Conv, ConvTranspose, ModuleDef
 from jaxvision.models.layers.upsample import (UPSAMPLE_METHODS, Upsample2x, max_pool_2x2,
                                               max_pool_2x2_with_argmax)
 from jaxvision.models.layers.norm import make_norm
@@ -154,7 +154,7 @@ class StackedHourglass(nn.Module):
                        f"{self.stem_downsample!r}.")
     if self.upsampling not in UPSAMPLE_METHODS:
       raise ValueError(f"upsampling must be one of {UPSAMPLE_METHODS}, got {self.upsampling!r}.")
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=he_init)
+    conv = functools.partial(Conv, dtype=self.dtype, kernel_init=he_init)
     conv_t = functools.partial(ConvTranspose, dtype=self.dtype, kernel_init=he_init)
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype)

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 
 from jaxvision.losses import cross_entropy_normalizer
 from jaxvision.models.family import Family
+from jaxvision.models.layers.conv import Conv
 from jaxvision.models.segmentation._common import (IGNORE_LABEL, check_class_weights,
                                                    check_image, check_positive_ints,
                                                    cross_entropy_pieces, he_init,
@@ -169,7 +170,7 @@ class TwoPathCNN(nn.Module):
     if x.shape[1] < r or x.shape[2] < r:
       raise ValueError(f"TwoPathCNN: x shape {tuple(x.shape)} is smaller than patch_size {r}.")
     k = self.maxout_pieces
-    conv = functools.partial(nn.Conv, padding="VALID", dtype=self.dtype, kernel_init=he_init)
+    conv = functools.partial(Conv, padding="VALID", dtype=self.dtype, kernel_init=he_init)
     feats = []
     if self.use_local:
       y = x

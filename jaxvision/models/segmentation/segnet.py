@@ -39,7 +39,7 @@ from jaxvision.models.layers.norm import make_norm
 from jaxvision.models.segmentation._common import (check_image, check_positive_ints,
                                                    cross_entropy_pieces, he_init,
                                                    parse_model_config)
-from jaxvision.models.layers.conv import ConvNormAct, ConvTranspose
+from jaxvision.models.layers.conv import Conv, ConvNormAct, ConvTranspose
 from jaxvision.models.layers.upsample import (UPSAMPLE_METHODS, Upsample2x, max_pool_2x2,
                                               max_pool_2x2_with_argmax)
 
@@ -89,7 +89,7 @@ class SegNet(nn.Module):
     k = check_positive_ints(self.kernel_size, "kernel_size", 1)[0]
     if self.upsampling not in UPSAMPLE_METHODS:
       raise ValueError(f"upsampling must be one of {UPSAMPLE_METHODS}, got {self.upsampling!r}.")
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=he_init)
+    conv = functools.partial(Conv, dtype=self.dtype, kernel_init=he_init)
     conv_t = functools.partial(ConvTranspose, dtype=self.dtype, kernel_init=he_init)
     norm = make_norm(self.norm, train=train, axis_name=self.axis_name, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype)

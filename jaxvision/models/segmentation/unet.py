@@ -64,7 +64,7 @@ import numpy as np
 
 from jaxvision.losses import cross_entropy_normalizer, softmax_cross_entropy
 from jaxvision.models.family import Family, segmentation_family
-from jaxvision.models.layers import ConvNormAct, ConvTranspose, ModuleDef
+from jaxvision.models.layers import Conv, ConvNormAct, ConvTranspose, ModuleDef
 from jaxvision.models.segmentation._common import as_dict
 from jaxvision.ops.unpool import pixel_shuffle, resize_bilinear
 
@@ -264,7 +264,7 @@ class UpSample(nn.Module):
   """
   features: int
   method: str = "transposed"
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   conv_transpose: ModuleDef = ConvTranspose
 
   @nn.compact
@@ -376,7 +376,7 @@ class UNet(nn.Module):
                          f"depth {self.depth} (every max pool needs 2 pixels), got x shape "
                          f"{tuple(x.shape)}.")
 
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=paper_init)
+    conv = functools.partial(Conv, dtype=self.dtype, kernel_init=paper_init)
     conv_transpose = functools.partial(ConvTranspose, dtype=self.dtype,
                                        kernel_init=paper_upconv_init)
     norm = None
