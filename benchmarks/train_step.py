@@ -146,7 +146,7 @@ def _torch_model(pair: Pair, size: int, device):
 LEARNING_RATE = 1e-5
 
 # Train-loss terms of the region-based families that count RoIs per image (reported as is).
-COUNT_TERMS = ("num_proposals", "num_fg_rois", "num_mask_rois")
+COUNT_TERMS = ("num_proposals", "num_fg_rois", "num_mask_rois", "num_mask_rois_dropped")
 
 
 def _torch_targets(pair: Pair, batch, device):

@@ -5,7 +5,7 @@ Faster R-CNN (``faster_rcnn.py``, any of its presets: ResNet-C4 or FPN) plus a m
 parallel with the box head. One jitted training step::
 
   features, RPN losses, proposals, RoI sample, box head losses   (faster_rcnn.py, unchanged)
-  positive RoIs    = the first P rows of the RoI sample (foreground rows come first), padded
+  positive RoIs    = the batch's foreground RoIs gathered into B x P shared slots, padded
   mask features    = RoIAlign(features, positive RoIs)  14 x 14   (aligned, sampling 2; FPN: by level)
   mask logits      = 4 x (conv3x3 + ReLU) -> deconv 2x2 stride 2 + ReLU -> conv1x1 -> [P, 28, 28, K]
   mask targets     = RoIAlign(gt mask of the RoI's matched gt, RoI) 28 x 28, >= 0.5
@@ -23,9 +23,17 @@ parallel with the box head. One jitted training step::
   RoIPool's quantized bins (max); with FPN the RoIs are assigned to levels by the FPN rule and each
   level is pooled with its RoIs (others masked out), a small cost since only ``P`` positive RoIs
   per image enter the mask branch. The box head keeps ``roi_heads.pooler``.
-* **Static shapes**: ``P = mask_head.rois_per_image`` (default: the sampler's largest foreground
-  count, ``int(batch_size_per_image * positive_fraction)``, so no positive is ever dropped) rows per
-  image whatever the number of gt boxes, padded rows invalid. The number of gt boxes ``M``, of
+* **Static shapes**: the mask branch runs ``B x P`` rows (``B`` images on this device, ``P =
+  mask_head.rois_per_image``; default the sampler's largest foreground count,
+  ``int(batch_size_per_image * positive_fraction)``, so no positive is ever dropped) whatever the
+  number of gt boxes, padded rows invalid. The rows are **shared by the batch's images**
+  (``select_mask_rois``): the foreground RoIs of all images are gathered into them, so with a
+  smaller ``P`` an image with many positives uses the slots that a sparse image leaves free. Only
+  when the batch has more than ``B x P`` positives is a uniformly random subset of ``B x P`` kept
+  (every positive equally likely; the loss is the mean over the kept ones, an unbiased estimate of
+  the mean over all) and the rest counted (``num_mask_rois_dropped``). The mask head's convolutions
+  on these rows dominate the training step (torchvision runs only the actual positives, e.g. ~22
+  per image where ``P = 128``): ``rois_per_image`` is the knob. The number of gt boxes ``M``, of
   proposals and of detections never changes a shape (the tests count traces). At inference the
   mask head runs on the smallest row bucket (``D``, ``D / 2``, ...; ``roi_heads.switch_on_rows``)
   that holds the batch's valid detections.
@@ -69,7 +77,7 @@ from jaxvision.ops import roi as roi_ops
 
 __all__ = [
     "MASK_POOLERS", "MASK_LOSSES", "MaskHeadConfig", "MaskRCNNHead", "MaskRCNN", "pool_mask_rois",
-    "mask_loss", "mask_branch_loss", "mask_rcnn_losses", "mask_probabilities", "mask_rcnn_detect",
+    "mask_loss", "select_mask_rois", "mask_branch_loss", "mask_rcnn_losses", "mask_probabilities", "mask_rcnn_detect",
     "build_mask_rcnn", "make_mask_rcnn", "MASK_PASTES", "paste_masks_torchvision",
 ]
 
@@ -90,8 +98,10 @@ class MaskHeadConfig:
     sampling_ratio: RoIAlign samples per bin side (2), also for the targets.
     aligned: RoIAlign's half-pixel shift (True, Detectron2; torchvision's Mask R-CNN uses False).
     num_convs, conv_features: the head's 3x3 convolutions (4 of 256).
-    rois_per_image: ``P``, positive RoIs per image in the mask branch (None: the sampler's
-      maximum number of foreground RoIs).
+    rois_per_image: ``P``: the mask branch runs ``B x P`` rows shared by the ``B`` images of a
+      device's batch (None: the sampler's maximum number of foreground RoIs per image, so no
+      positive is ever dropped; smaller is faster, and positives beyond ``B x P`` are subsampled
+      and counted in ``num_mask_rois_dropped``).
     threshold: binarization of pasted masks (0.5).
     loss_weight: the mask term's weight (1).
     background_slot: the sigmoid head also predicts a (never trained) background channel 0, so
@@ -178,23 +188,25 @@ class MaskRCNNHead(nn.Module):
 
 
 def pool_mask_rois(features: Mapping[str, jax.Array], rois, rois_valid, *,
-                   roi_config: heads.RoIHeadsConfig, mask_config: MaskHeadConfig, image_size):
+                   roi_config: heads.RoIHeadsConfig, mask_config: MaskHeadConfig, image_size,
+                   image_index=None):
   """Mask-branch RoI features: ``[B, S, 4]`` RoIs -> ``[B S, 14, 14, C]``.
 
   RoIAlign (``aligned``, ``sampling_ratio`` from ``mask_config``) on the box head's feature map or
   FPN levels, or RoIPool (``pooler="pool"``; with FPN levels each level pools the RoIs the FPN rule
-  assigns to it, the others masked out, and the results are summed).
+  assigns to it, the others masked out, and the results are summed). ``image_index`` (``[B, S]``)
+  names each row's image when rows come from several images (default: row ``b`` is image ``b``).
   """
   size = mask_config.output_size
   if mask_config.pooler == "align":
     cfg = dataclasses.replace(roi_config, pooler="align", sampling_ratio=mask_config.sampling_ratio,
                               aligned=mask_config.aligned)
     return heads.pool_rois(features, rois, rois_valid, config=cfg, image_size=image_size,
-                           output_size=size)
+                           output_size=size, image_index=image_index)
   if not roi_config.fpn_levels:
     cfg = dataclasses.replace(roi_config, pooler="pool")
     return heads.pool_rois(features, rois, rois_valid, config=cfg, image_size=image_size,
-                           output_size=size)
+                           output_size=size, image_index=image_index)
   levels = roi_config.fpn_levels
   b, s = rois.shape[:2]
   level = roi_ops.assign_fpn_levels(jnp.asarray(rois, jnp.float32).reshape(b * s, 4),
@@ -203,7 +215,7 @@ def pool_mask_rois(features: Mapping[str, jax.Array], rois, rois_valid, *,
   for lvl in levels:  # a handful of static levels
     cfg = dataclasses.replace(roi_config, pooler="pool", fpn_levels=(), feature=f"P{lvl}")
     pooled = heads.pool_rois(features, rois, rois_valid & (level == lvl), config=cfg,
-                             image_size=image_size, output_size=size)
+                             image_size=image_size, output_size=size, image_index=image_index)
     out = pooled if out is None else out + pooled
   return out
 
@@ -226,11 +238,14 @@ class MaskRCNN(frcnn.FasterRCNN):
     return heads.bucketed_head(self, "mask_outputs", features, rois, rois_valid, all_rows=train,
                                axis_name=axis_name, image_size=image_size)
 
-  def mask_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size):
-    """``mask_logits`` on all ``S`` rows (no buckets)."""
+  def mask_outputs(self, features: Mapping[str, jax.Array], rois, rois_valid, *, image_size,
+                   image_index=None):
+    """``mask_logits`` on all ``S`` rows (no buckets); ``image_index`` ``[B, S]`` as in
+    ``pool_mask_rois``."""
     b, s = rois.shape[:2]
     pooled = pool_mask_rois(features, rois, rois_valid, roi_config=self.roi_config,
-                            mask_config=self.mask_config, image_size=image_size)  # (B S, 14, 14, C)
+                            mask_config=self.mask_config, image_size=image_size,
+                            image_index=image_index)  # (B S, 14, 14, C)
     logits = self.mask_head(pooled)  # (B S, 28, 28, K)
     return logits.reshape((b, s) + logits.shape[1:])
 
@@ -324,33 +339,57 @@ def num_mask_rois(module: MaskRCNN) -> int:
   return max(int(roi.batch_size_per_image * roi.positive_fraction), 1)
 
 
-def mask_branch_loss(module: MaskRCNN, features, sample, batch, *, axis_name: str | None = None):
-  """Mask loss of a batched ``RoiSample`` (``[B, S]``): ``(loss, num_positive_rois)``.
+def select_mask_rois(key, sample, slots: int):
+  """The foreground rows of a batched ``RoiSample`` (``[B, S]``) gathered into ``slots`` rows
+  shared by the batch's images.
 
-  The first ``P`` rows of each image's sample hold its foreground RoIs (``sample_rois`` orders
-  foreground first); rows that are not valid foreground are padding.
+  Every valid foreground row is kept when there are at most ``slots`` of them; otherwise a
+  uniformly random subset of ``slots`` (each foreground row equally likely, whatever its image).
+
+  Returns:
+    ``(rows, image_index, valid, num_dropped)``: ``rows`` ``[N]`` indices into the flattened ``B
+    S`` rows (``N = min(slots, B S)``), ``image_index`` ``[N]`` the image of each, ``valid`` ``[N]``
+    bool (False on padding rows), ``num_dropped`` the foreground rows left out (float32 scalar).
+  """
+  b, s = sample.labels.shape
+  pos = (sample.valid & (sample.labels > 0)).reshape(b * s)
+  n = min(int(slots), b * s)
+  # Foreground rows in (1, 2), the rest 0: top_k takes every foreground row while they fit and a
+  # uniform random subset of them when they do not.
+  priority = jnp.where(pos, 1.0 + jax.random.uniform(key, (b * s,), minval=0.0, maxval=0.5), 0.0)
+  _, rows = jax.lax.top_k(priority, n)
+  valid = pos[rows]
+  num_dropped = jnp.sum(pos, dtype=jnp.float32) - jnp.sum(valid, dtype=jnp.float32)
+  return rows, (rows // s).astype(jnp.int32), valid, num_dropped
+
+
+def mask_branch_loss(module: MaskRCNN, features, sample, batch, key, *,
+                     axis_name: str | None = None):
+  """Mask loss of a batched ``RoiSample`` (``[B, S]``): ``(loss, num_positive_rois,
+  num_dropped)``.
+
+  The batch's valid foreground rows go to the mask head through ``B x P`` shared slots
+  (``select_mask_rois`` with ``key``: all of them when they fit, a uniform random subset
+  otherwise); the loss is the mean over the positives kept (``psum``-ed over ``axis_name``).
   """
   stride = _mask_stride(batch)
   cfg = module.mask_config
   b, s = sample.labels.shape
-  p = min(num_mask_rois(module), s)
-  rois = sample.rois[:, :p]  # (B, P, 4)
-  labels = sample.labels[:, :p]
-  pos = sample.valid[:, :p] & (labels > 0)
-  gt_index = jnp.where(pos, sample.matched_gt[:, :p], -1)
-  image_index = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, p))
-  targets = mask_ops.mask_targets(batch["masks"], rois.reshape(b * p, 4),
-                                  image_index.reshape(b * p), gt_index.reshape(b * p),
+  rows, image_index, pos, n_dropped = select_mask_rois(key, sample, b * num_mask_rois(module))
+  rois = sample.rois.reshape(b * s, 4)[rows]  # (N, 4)
+  labels = sample.labels.reshape(b * s)[rows]
+  gt_index = jnp.where(pos, sample.matched_gt.reshape(b * s)[rows], -1)
+  targets = mask_ops.mask_targets(batch["masks"], rois, image_index, gt_index,
                                   output_size=cfg.mask_size, mask_stride=stride,
-                                  sampling_ratio=cfg.sampling_ratio)
-  targets = targets.reshape(b, p, cfg.mask_size, cfg.mask_size)
-  logits = module.mask_logits(features, rois, pos, image_size=frcnn.batch_image_size(batch),
-                              train=True, axis_name=axis_name)
+                                  sampling_ratio=cfg.sampling_ratio)  # (N, m, m)
+  logits = module.mask_outputs(features, rois[None], pos[None],
+                               image_size=frcnn.batch_image_size(batch),
+                               image_index=image_index[None])[0]  # (N, m, m, K)
   n_pos = jnp.sum(pos, dtype=jnp.float32)
   normalizer = n_pos if axis_name is None else jax.lax.psum(n_pos, axis_name)
   loss = mask_loss(logits, targets, labels, pos, kind=cfg.loss, normalizer=normalizer,
                    channel_offset=cfg.channel_offset)
-  return cfg.loss_weight * loss, n_pos
+  return cfg.loss_weight * loss, n_pos, n_dropped
 
 
 def mask_rcnn_losses(module: MaskRCNN, batch, key, *, axis_name: str | None = None):
@@ -358,18 +397,21 @@ def mask_rcnn_losses(module: MaskRCNN, batch, key, *, axis_name: str | None = No
   ``head_cls``, ``head_box``, ``mask`` (each this device's share) and diagnostics."""
   _mask_stride(batch)  # fail early on a batch without masks
   rpn_key, roi_key = jax.random.split(key)
+  mask_key = jax.random.fold_in(key, 3)  # leaves the RPN and RoI sampling streams as they were
   feats = module.features(batch["image"], train=True)
   rpn_cls, rpn_box, proposals = frcnn.rpn_losses_and_proposals(module, feats, batch, rpn_key,
                                                                train=True, axis_name=axis_name)
   head_cls, head_box, sample = frcnn.box_losses(module, feats, proposals.boxes, proposals.valid,
                                                 batch, roi_key, axis_name=axis_name)
-  loss_mask, n_pos = mask_branch_loss(module, feats, sample, batch, axis_name=axis_name)
+  loss_mask, n_pos, n_dropped = mask_branch_loss(module, feats, sample, batch, mask_key,
+                                                 axis_name=axis_name)
   terms = {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "head_cls": head_cls, "head_box": head_box,
            "mask": loss_mask}
   n_dev = jnp.float32(1.0) if axis_name is None else jax.lax.psum(jnp.float32(1.0), axis_name)
   b = sample.valid.shape[0]
   terms["num_fg_rois"] = jnp.sum(sample.valid & (sample.labels > 0), dtype=jnp.float32) / (n_dev * b)
   terms["num_mask_rois"] = n_pos / (n_dev * b)
+  terms["num_mask_rois_dropped"] = n_dropped / (n_dev * b)
   terms["num_proposals"] = jnp.sum(proposals.valid, dtype=jnp.float32) / (n_dev * b)
   total = rpn_cls + rpn_box + head_cls + head_box + loss_mask
   return total, terms

@@ -258,10 +258,14 @@ def feature_scale(image_size: Sequence[int], feature_hw: Sequence[int]) -> float
   return float(2.0 ** round(math.log2(ratio)))
 
 
-def flatten_rois(rois, rois_valid):
-  """``[B, S, 4]`` RoIs -> ``([B S, 4] boxes, [B S] image index)``, index -1 on invalid rows."""
+def flatten_rois(rois, rois_valid, image_index=None):
+  """``[B, S, 4]`` RoIs -> ``([B S, 4] boxes, [B S] image index)``, index -1 on invalid rows.
+
+  ``image_index`` (``[B, S]`` int, default each row's position ``b`` in the batch) names the image
+  a row's RoI lies in, for rows gathered from several images (Mask R-CNN's shared mask slots)."""
   b, s = rois.shape[:2]
-  image_index = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, s))
+  if image_index is None:
+    image_index = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, s))
   image_index = jnp.where(rois_valid, image_index, -1)
   return rois.reshape(b * s, 4), image_index.reshape(b * s)
 
@@ -341,7 +345,7 @@ def pad_rows(x, rows: int, axis: int = 1):
 
 
 def pool_rois(features: Mapping[str, jax.Array], rois, rois_valid, *, config: RoIHeadsConfig,
-              image_size: Sequence[int], output_size: int | None = None):
+              image_size: Sequence[int], output_size: int | None = None, image_index=None):
   """Pools each RoI's features: ``[B, S, 4]`` RoIs -> ``[B S, oh, ow, C]``.
 
   Args:
@@ -351,12 +355,13 @@ def pool_rois(features: Mapping[str, jax.Array], rois, rois_valid, *, config: Ro
     config: the ``RoIHeadsConfig`` (pooler, levels, sampling).
     image_size: static ``(H, W)`` of the network input (the single-level spatial scale).
     output_size: overrides ``config.output_size`` (e.g. 14 for a mask branch).
+    image_index: ``[B, S]`` int image of each row (default: the row's batch position ``b``).
 
   Returns:
     ``[B S, oh, ow, C]``.
   """
   size = int(output_size or config.output_size)
-  boxes, index = flatten_rois(jnp.asarray(rois, jnp.float32), rois_valid)
+  boxes, index = flatten_rois(jnp.asarray(rois, jnp.float32), rois_valid, image_index)
   if config.fpn_levels:
     return roi_ops.multilevel_roi_align(features, boxes, index, levels=config.fpn_levels,
                                         output_size=size, sampling_ratio=config.sampling_ratio,

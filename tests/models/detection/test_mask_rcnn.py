@@ -204,62 +204,135 @@ def test_train_step_terms_and_gradients_reach_the_mask_head():
     assert name in terms and np.isfinite(float(terms[name])) and float(terms[name]) > 0, name
   np.testing.assert_allclose(float(total), sum(float(terms[n]) for n in TERMS), rtol=1e-5)
   assert float(terms["num_mask_rois"]) >= 3  # at least the 3 appended gt boxes per image
+  # P = 4 slots per image and the sampler keeps at most 4 foreground RoIs per image: none dropped
+  assert float(terms["num_mask_rois_dropped"]) == 0.0
   assert set(grads) == {"backbone", "rpn_head", "box_head", "box_predictor", "mask_head"}
   for stage in grads:
     norm = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads[stage]))
     assert norm > 0 and np.isfinite(norm), stage
 
 
-@pytest.mark.slow
-def test_mask_branch_loss_uses_the_matched_gt_masks_at_the_rois():
-  """mask_branch_loss on a hand-made RoI sample equals the BCE of the gt class's channel against
-  each RoI's matched gt mask RoIAligned at the RoI (right image, right gt slot, right channel,
-  first P rows only, normalized by the positives' pixels)."""
+def _hand_made_sample(batch, rng, s=16):
+  """A ``[2, s]`` RoiSample: image 0 has five foreground RoIs (jittered gt boxes 2, 0, 1, 2, 1;
+  more than P = 4 of one image) and a background row, image 1 one foreground RoI on gt 1 and
+  background rows."""
   from jaxvision.ops import sampling  # noqa: PLC0415
 
-  module = _module()
-  variables = _variables(_family())
-  batch = _batch(3, seed=5)
-  rng = np.random.default_rng(1)
-  feats = {"C4": jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)}  # C4 of 64 px inputs
-  s, p = 16, mrcnn.num_mask_rois(module)
-  assert p == 4  # int(16 * 0.25)
   rois = np.tile(np.array([0, 0, 32, 32], np.float32), (2, s, 1))
   labels = np.zeros((2, s), np.int32)
   matched = np.zeros((2, s), np.int32)
   valid = np.zeros((2, s), bool)
-  # Image 0: three foreground RoIs (jittered gt boxes 2, 0, 1) and a background one; image 1: one
-  # foreground RoI on gt 1, then background rows.
-  for i, rows in ((0, [(2, True), (0, True), (1, True), (0, False)]), (1, [(1, True), (2, False)])):
+  for i, rows in ((0, [(2, True), (0, True), (1, True), (0, False), (2, True), (1, True)]),
+                  (1, [(1, True), (2, False)])):
     for r, (g, fg) in enumerate(rows):
       rois[i, r] = batch["boxes"][i, g] + rng.uniform(-2, 2, 4)
       labels[i, r] = batch["labels"][i, g] if fg else 0
       matched[i, r] = g
       valid[i, r] = True
-  valid[1, 6] = True  # a background row beyond P
-  sample = sampling.RoiSample(rois=jnp.asarray(rois), labels=jnp.asarray(labels),
-                              matched_boxes=jnp.asarray(rois), matched_gt=jnp.asarray(matched),
-                              valid=jnp.asarray(valid))
-  loss, n_pos = jax.jit(lambda v, f, smp, b: module.apply(v, f, smp, b,
-                                                          method=mrcnn.mask_branch_loss))(
-      variables, feats, sample, batch)
-  assert int(n_pos) == 4
-  logits = np.asarray(module.apply(variables, feats, jnp.asarray(rois[:, :p]),
-                                   jnp.asarray(valid[:, :p] & (labels[:, :p] > 0)),
-                                   image_size=(IMAGE, IMAGE), method=module.mask_logits))
+  valid[1, 6] = True  # a background row
+  return sampling.RoiSample(rois=jnp.asarray(rois), labels=jnp.asarray(labels),
+                            matched_boxes=jnp.asarray(rois), matched_gt=jnp.asarray(matched),
+                            valid=jnp.asarray(valid))
+
+
+def _reference_mask_loss(module, variables, feats, batch, sample, kept):
+  """The mean per-pixel BCE of the gt class's channel against each kept RoI's matched gt mask
+  RoIAligned at the RoI, computed row by row (``kept``: (image, row) pairs)."""
+  logits = np.asarray(module.apply(variables, feats, sample.rois, sample.valid,
+                                   image_size=(IMAGE, IMAGE), method=module.mask_outputs))
+  rois, labels, matched = map(np.asarray, (sample.rois, sample.labels, sample.matched_gt))
+  m = module.mask_config.mask_size
+  assert logits.shape[2:4] == (m, m) == (14, 14)  # 2 x the pooled 7 x 7
   total = 0.0
-  for i, r in [(0, 0), (0, 1), (0, 2), (1, 0)]:
+  for i, r in kept:
     g = matched[i, r]
     t = np.asarray(mask_ops.mask_targets(batch["masks"][i:i + 1, g:g + 1], rois[i, r][None],
                                          jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32),
-                                         output_size=module.mask_config.mask_size,
-                                         mask_stride=STRIDE))[0]
+                                         output_size=m, mask_stride=STRIDE))[0]
     assert t.sum() > 20  # the RoI covers its instance
     x = logits[i, r, :, :, labels[i, r] - 1]
     total += np.sum(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))))
-  m = module.mask_config.mask_size
-  assert logits.shape[2:4] == (m, m) == (14, 14)  # 2 x the pooled 7 x 7
-  np.testing.assert_allclose(float(loss), total / (4 * m * m), rtol=1e-5)
+  return total / (len(kept) * m * m)
+
+
+def _mask_branch(module, variables, feats, sample, batch, key):
+  return jax.jit(lambda v, f, smp, b, k: module.apply(v, f, smp, b, k,
+                                                      method=mrcnn.mask_branch_loss))(
+      variables, feats, sample, batch, key)
+
+
+@pytest.mark.slow
+def test_mask_branch_loss_uses_the_matched_gt_masks_at_the_rois():
+  """mask_branch_loss on a hand-made RoI sample equals the BCE of the gt class's channel against
+  each RoI's matched gt mask RoIAligned at the RoI (right image, right gt slot, right channel,
+  normalized by the positives' pixels). The B x P = 8 slots are shared by the batch: image 0's
+  five positives (more than P = 4) all enter beside image 1's one."""
+  module = _module()
+  variables = _variables(_family())
+  batch = _batch(3, seed=5)
+  feats = {"C4": jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)}
+  assert mrcnn.num_mask_rois(module) == 4  # int(16 * 0.25)
+  sample = _hand_made_sample(batch, np.random.default_rng(1))
+  loss, n_pos, n_dropped = _mask_branch(module, variables, feats, sample, batch,
+                                        jax.random.PRNGKey(0))
+  assert int(n_pos) == 6 and int(n_dropped) == 0
+  kept = [(0, 0), (0, 1), (0, 2), (0, 4), (0, 5), (1, 0)]
+  np.testing.assert_allclose(float(loss), _reference_mask_loss(module, variables, feats, batch,
+                                                               sample, kept), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_mask_branch_subsamples_and_counts_positives_beyond_the_slots():
+  """With P = 1 (2 shared slots for 6 positives) two positives are kept, four counted as
+  dropped, and the loss is the mean over the kept two (those select_mask_rois names)."""
+  module = _module(mask_kwargs={"rois_per_image": 1})
+  variables = _variables(_family())
+  batch = _batch(3, seed=5)
+  feats = {"C4": jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)}
+  sample = _hand_made_sample(batch, np.random.default_rng(1))
+  key = jax.random.PRNGKey(3)
+  loss, n_pos, n_dropped = _mask_branch(module, variables, feats, sample, batch, key)
+  assert int(n_pos) == 2 and int(n_dropped) == 4
+  rows, image_index, valid, _ = mrcnn.select_mask_rois(key, sample, 2)
+  s = sample.labels.shape[1]
+  kept = [(int(r) // s, int(r) % s) for r in np.asarray(rows)]
+  assert np.asarray(valid).all() and list(np.asarray(image_index)) == [i for i, _ in kept]
+  np.testing.assert_allclose(float(loss), _reference_mask_loss(module, variables, feats, batch,
+                                                               sample, kept), rtol=1e-5)
+
+
+def test_select_mask_rois_keeps_every_positive_that_fits_and_a_uniform_subset_otherwise():
+  from jaxvision.ops import sampling  # noqa: PLC0415
+
+  b, s = 2, 16
+  labels = np.zeros((b, s), np.int32)
+  valid = np.zeros((b, s), bool)
+  labels[0, :12] = 1  # 12 positives in image 0, 4 in image 1, 2 background rows
+  labels[1, :4] = 2
+  valid[0, :13] = True
+  valid[1, :5] = True
+  valid[0, 5] = False  # an invalid row with a label is not a positive
+  sample = sampling.RoiSample(rois=jnp.zeros((b, s, 4)), labels=jnp.asarray(labels),
+                              matched_boxes=jnp.zeros((b, s, 4)),
+                              matched_gt=jnp.zeros((b, s), jnp.int32), valid=jnp.asarray(valid))
+  positives = {(i, r) for i in range(b) for r in range(s) if valid[i, r] and labels[i, r] > 0}
+  assert len(positives) == 15
+  select = jax.jit(mrcnn.select_mask_rois, static_argnums=2)
+  rows, image_index, ok, dropped = select(jax.random.PRNGKey(0), sample, 16)  # all fit
+  got = {(int(r) // s, int(r) % s) for r, v in zip(np.asarray(rows), np.asarray(ok)) if v}
+  assert got == positives and int(np.sum(ok)) == 15 and float(dropped) == 0.0
+  np.testing.assert_array_equal(np.asarray(image_index), np.asarray(rows) // s)
+  counts = dict.fromkeys(positives, 0)
+  trials = 400
+  for t in range(trials):  # 6 slots for 15 positives: each kept with probability 6 / 15
+    rows, _, ok, dropped = select(jax.random.PRNGKey(t), sample, 6)
+    assert np.asarray(ok).all() and float(dropped) == 9.0
+    kept = {(int(r) // s, int(r) % s) for r in np.asarray(rows)}
+    assert len(kept) == 6 and kept <= positives
+    for k in kept:
+      counts[k] += 1
+  freq = np.array(list(counts.values())) / trials
+  assert np.all(np.abs(freq - 0.4) < 0.1), freq  # 4 sigma is 0.098
 
 
 @pytest.mark.slow
