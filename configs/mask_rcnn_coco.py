@@ -17,10 +17,14 @@ Model:     the paper's R50-FPN Mask R-CNN (`model.preset = "fpn"`): ResNet-50 wi
            anchor size per level (32..512) x 3 ratios, 2000/1000 proposals, 512 RoIs per image at
            1:3 positive:negative, RoIAlign 7x7 + two FC 1024 box head; mask branch: RoIAlign
            (aligned, sampling 2) 14x14 on the positive RoIs, 4 x conv3x3 256, deconv to 28x28,
-           80 sigmoid masks, BCE on the gt class only. Inference: 1000 proposals, score 0.05, NMS
-           0.5, 100 detections, masks pasted at the boxes and binarized at 0.5. Schedule (paper
-           Sec. 3.1 "Training"): SGD momentum 0.9, weight decay 1e-4, batch 16, lr 0.02 for 160k
-           iterations divided by 10 at 120k, horizontal flips; 500 warm-up steps (Detectron).
+           80 sigmoid masks, BCE on the gt class only (the mask branch runs B x 128 rows for
+           the B images of a device, shared by them: every positive fits; on a slow device
+           `--config.model.mask_head.rois_per_image=64` halves that, subsampling and counting
+           positives beyond it in `num_mask_rois_dropped`). Inference: 1000 proposals, score
+           0.05, NMS 0.5, 100 detections, masks pasted at the boxes and binarized at 0.5.
+           Schedule (paper Sec. 3.1 "Training"): SGD momentum 0.9, weight decay 1e-4, batch 16,
+           lr 0.02 for 160k iterations divided by 10 at 120k, horizontal flips; 500 warm-up
+           steps (Detectron).
            Differences: images fit 800 x 1344 keeping their aspect ratio and are padded (the paper:
            shorter side 800, longer at most 1333); evaluation against masks resampled from the
            batch (use jaxvision.eval.coco with the annotation JSON for numbers to publish).

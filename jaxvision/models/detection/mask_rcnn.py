@@ -77,8 +77,8 @@ from jaxvision.ops import roi as roi_ops
 
 __all__ = [
     "MASK_POOLERS", "MASK_LOSSES", "MaskHeadConfig", "MaskRCNNHead", "MaskRCNN", "pool_mask_rois",
-    "mask_loss", "select_mask_rois", "mask_branch_loss", "mask_rcnn_losses", "mask_probabilities", "mask_rcnn_detect",
-    "build_mask_rcnn", "make_mask_rcnn", "MASK_PASTES", "paste_masks_torchvision",
+    "mask_loss", "select_mask_rois", "mask_branch_loss", "mask_rcnn_losses", "mask_probabilities",
+    "mask_rcnn_detect", "build_mask_rcnn", "make_mask_rcnn", "MASK_PASTES", "paste_masks_torchvision",
 ]
 
 MASK_POOLERS = ("align", "pool")

@@ -108,9 +108,10 @@ class Conv(nn.Conv):
   A ``1 x 1`` convolution of stride ``s`` with no padding is ``x[:, ::s, ::s] @ W``. XLA:CPU runs
   it, and above all its kernel gradient, as a generic convolution: on a 2-core CPU the product's
   forward + backward was 1.25-4.4x faster at ResNet-50's 1x1 shapes (e.g. ``[2, 128, 128, 256] ->
-  64``: 189 -> 43 ms; ``benchmarks/conv_layers.py``, 2026-11-22). Other configurations (larger kernels,
-  padding, groups, masks, input dilation, 1-D/3-D inputs) run ``nn.Conv`` itself. The auto-name of
-  an unnamed instance is ``Conv_<i>`` as for ``nn.Conv``, so parameter trees are unchanged.
+  64``: 189 -> 43 ms; ``benchmarks/conv_layers.py``, 2026-11-22). Other configurations (larger
+  kernels, padding, groups, masks, input dilation, 1-D/3-D inputs) run ``nn.Conv`` itself. The
+  auto-name of an unnamed instance is ``Conv_<i>`` as for ``nn.Conv``, so parameter trees are
+  unchanged.
   """
 
   def _pointwise_strides(self, inputs):
