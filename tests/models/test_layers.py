@@ -122,3 +122,15 @@ def test_conv_keeps_flax_auto_names():
 
   params = Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 2)))["params"]
   assert set(params) == {"Conv_0", "Conv_1"}
+
+
+def test_conv_leaves_grouped_masked_and_custom_convolutions_to_flax():
+  x = jnp.zeros((1, 4, 4, 4))
+  assert Conv(4, (1, 1))._pointwise_strides(x) == (1, 1)
+  assert Conv(4, (1, 1), feature_group_count=2)._pointwise_strides(x) is None
+  assert Conv(4, (1, 1), mask=jnp.ones((1, 1, 4, 4)))._pointwise_strides(x) is None
+  assert Conv(4, (1, 1), input_dilation=(2, 2))._pointwise_strides(x) is None
+  assert Conv(4, (1, 1), padding="CIRCULAR")._pointwise_strides(x) is None
+  assert Conv(4, (1, 1),
+              conv_general_dilated=jax.lax.conv_general_dilated)._pointwise_strides(x) is None
+  assert Conv(4, (1, 1))._pointwise_strides(jnp.zeros((4, 4, 4))) is None  # no batch axis

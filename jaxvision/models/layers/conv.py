@@ -121,8 +121,9 @@ class Conv(nn.Conv):
         or tuple(self.kernel_size) != (1, 1)):
       return None
     if (self.feature_group_count != 1 or self.mask is not None
-        or _pair(self.input_dilation, 1) != (1, 1)):
-      return None
+        or _pair(self.input_dilation, 1) != (1, 1)
+        or self.conv_general_dilated is not None or self.conv_general_dilated_cls is not None):
+      return None  # grouped, masked, input-dilated, or a user-supplied convolution function
     pad = self.padding
     if isinstance(pad, str):
       if pad.upper() not in ("SAME", "VALID"):  # a 1x1 kernel needs no "SAME" padding
