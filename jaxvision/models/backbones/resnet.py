@@ -80,8 +80,8 @@ def _conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, nam
           dtype: Any):
   pad = dilation * (kernel - 1) // 2
   return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 kernel_dilation=(dilation, dilation), use_bias=False, kernel_init=conv_init,
-                 dtype=dtype, name=name)
+              kernel_dilation=(dilation, dilation), use_bias=False, kernel_init=conv_init,
+              dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):

@@ -179,11 +179,11 @@ class MaskRCNNHead(nn.Module):
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     for i in range(self.num_convs):
       x = nn.relu(Conv(self.conv_features, (3, 3), padding="SAME", kernel_init=init,
-                          dtype=self.dtype, name=f"mask_fcn{i + 1}")(x))  # (N, 14, 14, F)
+                       dtype=self.dtype, name=f"mask_fcn{i + 1}")(x))  # (N, 14, 14, F)
     x = nn.relu(ConvTranspose(self.conv_features, (2, 2), strides=(2, 2), padding="VALID",
                                  kernel_init=init, dtype=self.dtype, name="conv5_mask")(x))
     x = Conv(self.num_outputs, (1, 1), kernel_init=init, dtype=self.dtype,
-                name="mask_fcn_logits")(x)  # (N, 28, 28, K)
+             name="mask_fcn_logits")(x)  # (N, 28, 28, K)
     return x.astype(jnp.float32)
 
 

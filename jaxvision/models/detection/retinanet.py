@@ -196,10 +196,10 @@ class RetinaNetHead(nn.Module):
     tower = functools.partial(HeadTower, self.features, self.num_convs, self.norm, self.dtype)
     cls_tower, box_tower = tower(name="cls_subnet"), tower(name="box_subnet")
     cls_out = Conv(a * k, (3, 3), kernel_init=head_kernel_init,
-                      bias_init=nn.initializers.constant(prior_bias(self.prior_prob)),
-                      dtype=self.dtype, name="cls_logits")
+                   bias_init=nn.initializers.constant(prior_bias(self.prior_prob)),
+                   dtype=self.dtype, name="cls_logits")
     box_out = Conv(a * 4, (3, 3), kernel_init=head_kernel_init,
-                      bias_init=nn.initializers.zeros, dtype=self.dtype, name="bbox_deltas")
+                   bias_init=nn.initializers.zeros, dtype=self.dtype, name="bbox_deltas")
     out = {}
     for name in level_names(features):  # the same modules (weights) on every level
       x = features[name]

@@ -176,7 +176,7 @@ class ConvBoxHead(nn.Module):
     del train
     for i in range(self.num_convs):
       x = nn.relu(Conv(self.conv_features, (3, 3), padding="SAME", dtype=self.dtype,
-                          name=f"conv{i}")(x))  # (N, h, w, F)
+                       name=f"conv{i}")(x))  # (N, h, w, F)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.representation_size, dtype=self.dtype, name="fc")(x))
 

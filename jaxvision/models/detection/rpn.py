@@ -276,7 +276,7 @@ def _conv_factory(dtype, init):
   """``nn.Conv`` with the head's dtype and N(0, 0.01^2) weights, zero bias."""
   def make(features, kernel, name):
     return Conv(features, kernel, padding="SAME", dtype=dtype, kernel_init=init,
-                   bias_init=nn.initializers.zeros, name=name)
+                bias_init=nn.initializers.zeros, name=name)
   return make
 
 

@@ -263,7 +263,7 @@ class YOLOv2(nn.Module):
       x = jnp.concatenate([space_to_depth(fine, 2), x], axis=-1)  # (B, S, S, 4 P + head_width)
     x = unit(self.head_width, (3, 3), name="head_conv3")(x)
     out = Conv(self.num_priors * (5 + self.num_classes), (1, 1), dtype=self.dtype,
-                  name="head_out")(x)  # (B, S, S, A (5 + C))
+               name="head_out")(x)  # (B, S, S, A (5 + C))
     b, s_h, s_w, _ = out.shape
     return {"pred": out.reshape(b, s_h, s_w, self.num_priors, 5 + self.num_classes)
                        .astype(jnp.float32)}

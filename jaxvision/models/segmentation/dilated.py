@@ -179,12 +179,12 @@ class ContextModule(nn.Module):
       noise = self.init_noise if (x.shape[-1] != c * m) else 0.0
       kinit = identity_init(c, noise) if self.initialization == "identity" else conv_init
       x = Conv(c * m, (3, 3), kernel_dilation=(d, d), padding=((d, d), (d, d)),
-                  kernel_init=kinit, dtype=self.dtype, name=f"ctx_conv{i}")(x)
+               kernel_init=kinit, dtype=self.dtype, name=f"ctx_conv{i}")(x)
       x = nn.relu(x)  # (B, h, w, c m)
     noise = self.init_noise if x.shape[-1] != c else 0.0
     kinit = identity_init(c, noise) if self.initialization == "identity" else conv_init
     return Conv(c, (1, 1), kernel_init=kinit, dtype=self.dtype,
-                   name=f"ctx_conv{len(self.dilations) + 1}")(x)  # (B, h, w, C)
+                name=f"ctx_conv{len(self.dilations) + 1}")(x)  # (B, h, w, C)
 
 
 def context_receptive_field(dilations: Sequence[int] = BASIC_DILATIONS) -> int:

@@ -207,7 +207,7 @@ class FCN(nn.Module):
     feats = self.backbone(x, train=train)
     c = self.num_classes
     score = Conv(c, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                    name="score_fr")(feats["fc7"])  # (B, h32, w32, C)
+                 name="score_fr")(feats["fc7"])  # (B, h32, w32, C)
     upsample = _Upsample if self.learn_upsampling else _FixedUpsample
     for skip, up_name in zip(_skips(self.variant), ("upscore2", "upscore_pool4")):
       up = upsample(c, 2, dtype=self.dtype, name=up_name)(score)  # (B, 2 h + 2, 2 w + 2, C)
@@ -215,7 +215,7 @@ class FCN(nn.Module):
       if self.at_once:
         s = s * AT_ONCE_SCALES[skip]
       s = Conv(c, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                  name=f"score_{skip}")(s)  # (B, h_skip, w_skip, C)
+               name=f"score_{skip}")(s)  # (B, h_skip, w_skip, C)
       up = up[:, offsets[up_name]:, offsets[up_name]:]
       s = s[:, offsets[f"score_{skip}"]:, offsets[f"score_{skip}"]:]
       h, w = min(up.shape[1], s.shape[1]), min(up.shape[2], s.shape[2])
